@@ -1,0 +1,97 @@
+"""Finding and loading generators by name or path: the embedded demo, our safetensors files, and the formats
+backends register (official checkpoints, Hugging Face folders)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from .generator import MaskedGenerator, ShortcutError
+from .weights import GENERATOR_FORMAT, load_tensors, read_metadata, save_safetensors
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEMO_GENERATOR = ASSETS / "demo_generator.safetensors"
+DEMO_SHORTCUT = ASSETS / "demo_shortcut.safetensors"
+BUILTIN_GENERATORS = {"demo": DEMO_GENERATOR}
+BUILTIN_SHORTCUTS = {"demo": DEMO_SHORTCUT}
+
+DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Loaders for paths that are not our own generator files: each returns a generator or None if the path is
+# not its format. Backends add theirs (official MaskGIT checkpoints, Lumina-DiMOO folders, aMUSEd folders).
+PATH_LOADERS: list[Callable[[Path, torch.device, Optional[torch.dtype]], Optional[MaskedGenerator]]] = []
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name not in DTYPES:
+        raise ShortcutError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    chosen = DTYPES[name]
+    if chosen is None:
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return chosen
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise ShortcutError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from err
+
+
+def _backend_from_metadata(tensors: dict, metadata: dict) -> MaskedGenerator:
+    backend = metadata.get("backend")
+    if backend == "maskgit":
+        from .backends.maskgit import generator_from_tensors
+        return generator_from_tensors(tensors, metadata)
+    raise ShortcutError(f"unknown generator backend {backend!r} in this file; known: maskgit")
+
+
+def save_generator(path: Path, generator: MaskedGenerator) -> None:
+    """Our generator format: safetensors with the backend, identity and configs in the metadata."""
+    from .backends import maskgit
+    if not isinstance(generator, maskgit.MaskGITGenerator):
+        raise ShortcutError(f"saving is supported for MaskGIT-architecture generators, not {type(generator).__name__}")
+    metadata = {"format": GENERATOR_FORMAT, "format_version": "1", **maskgit.generator_metadata(generator)}
+    save_safetensors(path, maskgit.generator_tensors(generator), metadata)
+
+
+def load_generator(name: str, device: str | torch.device = "auto", dtype: str = "auto") -> MaskedGenerator:
+    """A generator by built-in name ('demo') or by path, moved to ``device`` and cast to ``dtype``.
+
+    The VQ decoder stays in float32 whatever ``dtype`` is, as the reference pipelines keep it.
+    """
+    device = resolve_device(device) if isinstance(device, str) else device
+    torch_dtype = resolve_dtype(dtype, device)
+    path = BUILTIN_GENERATORS.get(name)
+    if path is None:
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise ShortcutError(f"unknown generator {name!r}: use one of {', '.join(BUILTIN_GENERATORS)} "
+                                "or the path of a generator file or folder")
+    generator = None
+    if path.is_file() and path.suffix == ".safetensors" and read_metadata(path).get("format") == GENERATOR_FORMAT:
+        generator = _backend_from_metadata(load_tensors(path), read_metadata(path))
+    else:
+        for loader in PATH_LOADERS:
+            generator = loader(path, device, torch_dtype)
+            if generator is not None:
+                break
+    if generator is None:
+        raise ShortcutError(f"{path}: not a generator this pack can load (expected a {GENERATOR_FORMAT!r} "
+                            "safetensors file, an official checkpoint or a model folder of a supported backend)")
+    generator.eval().requires_grad_(False)
+    generator.to(device=device, dtype=torch_dtype)
+    vq = getattr(generator, "vq", None)
+    if vq is not None:
+        vq.float()
+    return generator
+
+
+def shortcut_path(name: str) -> Path:
+    return BUILTIN_SHORTCUTS.get(name) or Path(name).expanduser()

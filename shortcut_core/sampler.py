@@ -1,0 +1,194 @@
+"""The interleaved sampler, one for every backend: B of N steps run the base model, the others the shortcut.
+
+Confidence-based unmasking as in the MaskGIT reference: sample a code per masked position from
+softmax(logits * sm_temp), score it by its log-probability plus Gumbel noise whose weight r_temp decays
+linearly to 0, keep the top-k(i) (k from the token schedule). CFG is ``(1 + w_i) c - w_i u`` with
+``w_i = w * i / (N - 1)`` when ramped. On a shortcut step the feature comes from
+``shortcut(previous feature, tokens decoded at the previous step, masked fraction before this step)``;
+both CFG branches go through it and features chain from one shortcut step to the next.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .generator import Condition, MaskedGenerator, ShortcutError
+from .schedules import FULL_STEP_RULES, TOKEN_SCHEDULES, check_steps_budget, full_steps, tokens_per_step
+
+log = logging.getLogger(__name__)
+
+AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class SamplerSettings:
+    """Everything that decides a run. ``budget`` None means every step is full (the vanilla sampler)."""
+
+    steps: int = 16
+    budget: Optional[int] = None
+    full_step_rule: str = "official"
+    full_steps: Optional[Sequence[int]] = None
+    schedule: str = "arccos"
+    cfg_scale: float = 3.0
+    cfg_ramp: bool = True
+    sm_temp: float = 1.0
+    r_temp: float = 4.5
+    seed: int = 0
+    autocast: str = "none"
+
+    def resolved_budget(self) -> int:
+        return self.steps if self.budget is None else self.budget
+
+    def full_step_list(self) -> list[int]:
+        return full_steps(self.steps, self.resolved_budget(), self.full_step_rule, self.full_steps)
+
+    def validate(self) -> None:
+        check_steps_budget(self.steps, self.resolved_budget())
+        if self.full_steps is None and self.full_step_rule not in FULL_STEP_RULES:
+            raise ShortcutError(f"full_step_rule must be one of {', '.join(FULL_STEP_RULES)}, got {self.full_step_rule!r}")
+        if self.schedule not in TOKEN_SCHEDULES:
+            raise ShortcutError(f"schedule must be one of {', '.join(TOKEN_SCHEDULES)}, got {self.schedule!r}")
+        if self.cfg_scale < 0:
+            raise ShortcutError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+        if self.sm_temp <= 0:
+            raise ShortcutError(f"sm_temp must be > 0, got {self.sm_temp}")
+        if self.r_temp < 0:
+            raise ShortcutError(f"r_temp must be >= 0, got {self.r_temp}")
+        if self.autocast not in AUTOCAST_DTYPES:
+            raise ShortcutError(f"autocast must be one of {', '.join(AUTOCAST_DTYPES)}, got {self.autocast!r}")
+
+
+@dataclass
+class StepInfo:
+    """What the per-step callback sees, after the step's tokens were placed."""
+
+    index: int
+    steps: int
+    is_full: bool
+    codes: torch.Tensor  # [B, L]
+    masked: torch.Tensor  # [B, L] after this step
+    new_map: torch.Tensor  # [B, L] decoded at this step
+    feature: torch.Tensor  # [R, T, D] the feature this step's logits came from
+    mask_ratio: torch.Tensor  # [B] masked fraction before this step
+
+
+@dataclass
+class SampleResult:
+    codes: torch.Tensor  # [B, L]
+    full_steps: list[int]
+    steps_run: int
+    base_calls: int = 0
+    shortcut_calls: int = 0
+    base_seconds: float = 0.0
+    shortcut_seconds: float = 0.0
+    seconds: float = 0.0
+    decode_order: Optional[torch.Tensor] = None  # [B, L] step at which each position was decoded
+
+    @property
+    def base_call_ms(self) -> float:
+        return 1000 * self.base_seconds / self.base_calls if self.base_calls else 0.0
+
+    @property
+    def shortcut_call_ms(self) -> float:
+        return 1000 * self.shortcut_seconds / self.shortcut_calls if self.shortcut_calls else 0.0
+
+
+def _gumbel(shape, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    uniform = torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
+    return -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def sample(generator: MaskedGenerator, condition: Condition, settings: SamplerSettings,
+           shortcut: Optional[torch.nn.Module] = None, batch_size: Optional[int] = None,
+           callback: Optional[Callable[[StepInfo], None]] = None) -> SampleResult:
+    """Generate image codes [B, L]. Without ``shortcut`` (or with budget = steps) this is the vanilla sampler."""
+    settings.validate()
+    batch = batch_size or len(condition.labels if condition.labels is not None else condition.prompts or [])
+    if batch < 1:
+        raise ShortcutError("batch size must be >= 1: give at least one class label or prompt")
+    steps = settings.steps
+    full = set(settings.full_step_list())
+    if shortcut is None and len(full) < steps:
+        raise ShortcutError(f"budget {settings.resolved_budget()} < steps {steps} needs shortcut weights; "
+                            "load them, or set budget = steps for the vanilla sampler")
+    device = generator.device
+    guidance = settings.cfg_scale != 0
+    ctx = generator.prepare(condition, batch, guidance)
+    counts = tokens_per_step(steps, generator.num_tokens, settings.schedule)
+    rng = torch.Generator(device=device).manual_seed(int(settings.seed))
+    amp_dtype = AUTOCAST_DTYPES[settings.autocast]
+    amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+
+    length = generator.num_tokens
+    codes = torch.zeros(batch, length, dtype=torch.long, device=device)
+    masked = torch.ones(batch, length, dtype=torch.bool, device=device)
+    order = torch.full((batch, length), -1, dtype=torch.long, device=device)
+    new_map = torch.zeros_like(masked)
+    feature = None
+    result = SampleResult(codes=codes, full_steps=sorted(full), steps_run=0)
+    started = time.perf_counter()
+    for index in range(steps):
+        remaining = int(masked[0].sum())
+        if remaining == 0:
+            break
+        count = min(max(counts[index], 0), remaining)
+        mask_ratio = masked.float().mean(dim=1)
+        ramp = index / (steps - 1) if steps > 1 else 0.0
+        is_full = index in full or feature is None
+        _sync(device)
+        t0 = time.perf_counter()
+        with amp:
+            if is_full:
+                feature = generator.features(codes, masked, ctx)
+            else:
+                new = generator.new_tokens(codes, new_map, ctx)
+                feature = shortcut(feature, new, mask_ratio.repeat(ctx.branches), ctx.padding)
+        _sync(device)
+        elapsed = time.perf_counter() - t0
+        if is_full:
+            result.base_calls += 1
+            result.base_seconds += elapsed
+        else:
+            result.shortcut_calls += 1
+            result.shortcut_seconds += elapsed
+        with amp:
+            logits = generator.head(feature, ctx, masked)
+        logits = logits.float()
+        if guidance:
+            weight = settings.cfg_scale * (ramp if settings.cfg_ramp else 1.0)
+            cond, uncond = logits[:batch], logits[batch:]
+            logits = (1 + weight) * cond - weight * uncond
+        scaled = logits * settings.sm_temp
+        sampled = (scaled + _gumbel(scaled.shape, rng, device)).argmax(dim=-1)
+        log_prob = torch.log_softmax(scaled, dim=-1).gather(-1, sampled[..., None])[..., 0]
+        confidence = log_prob + settings.r_temp * (1 - ramp) * _gumbel(log_prob.shape, rng, device)
+        confidence = confidence.masked_fill(~masked, float("-inf"))
+        chosen = confidence.topk(count, dim=-1).indices
+        new_map = torch.zeros_like(masked).scatter_(1, chosen, True)
+        codes = torch.where(new_map, sampled, codes)
+        masked = masked & ~new_map
+        order = torch.where(new_map, torch.full_like(order, index), order)
+        result.steps_run = index + 1
+        if callback is not None:
+            callback(StepInfo(index=index, steps=steps, is_full=is_full, codes=codes, masked=masked,
+                              new_map=new_map, feature=feature, mask_ratio=mask_ratio))
+    result.seconds = time.perf_counter() - started
+    result.codes = codes
+    result.decode_order = order
+    return result
+
+
+def with_overrides(settings: SamplerSettings, **overrides) -> SamplerSettings:
+    """A copy with the given fields changed, ignoring None values (CLI and node widgets pass None for 'unset')."""
+    return replace(settings, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,86 @@
+"""Which steps run the base model, and how many tokens each step decodes.
+
+The full-step rules reproduce the official MIGM-Shortcut code (``official``) and the paper's text
+(``paper``); the token-count schedules reproduce the MaskGIT reference ``adap_sche``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional, Sequence
+
+import torch
+
+from .generator import ShortcutError
+
+FULL_STEP_RULES = ("official", "paper")
+TOKEN_SCHEDULES = ("arccos", "cosine", "linear", "square", "root")
+
+
+def check_steps_budget(steps: int, budget: int) -> None:
+    if not isinstance(steps, int) or steps < 1:
+        raise ShortcutError(f"steps must be a whole number >= 1, got {steps!r}")
+    if not isinstance(budget, int) or not 1 <= budget <= steps:
+        raise ShortcutError(f"budget must be between 1 and steps ({steps}), got {budget!r}")
+
+
+def full_steps(steps: int, budget: int, rule: str = "official",
+               explicit: Optional[Iterable[int]] = None) -> list[int]:
+    """0-based indices of the steps that run the base model.
+
+    ``official``: step 0, then t_k = max(t_{k-1} + 1, round(N k / B)) (Python round, half to even), as the
+    released code does. ``paper``: the text's 1 + floor(j N / B), 1-based, i.e. floor(j N / B) 0-based.
+    ``explicit``: a list given by the user (must contain step 0, be inside 0..N-1 and hold ``budget`` steps).
+    """
+    check_steps_budget(steps, budget)
+    if explicit is not None:
+        chosen = sorted(set(int(s) for s in explicit))
+        if not chosen or chosen[0] != 0:
+            raise ShortcutError(f"an explicit full-step list must contain step 0, got {list(explicit)}")
+        if chosen[-1] >= steps:
+            raise ShortcutError(f"full steps must lie in 0..{steps - 1}, got {chosen[-1]}")
+        if len(chosen) != budget:
+            raise ShortcutError(f"the full-step list has {len(chosen)} distinct steps but budget is {budget}")
+        return chosen
+    if rule == "official":
+        chosen = [0]
+        for k in range(1, budget):
+            chosen.append(max(chosen[-1] + 1, round(steps * k / budget)))
+        return chosen
+    if rule == "paper":
+        return [(j * steps) // budget for j in range(budget)]
+    raise ShortcutError(f"full-step rule must be one of {', '.join(FULL_STEP_RULES)} or an explicit list, got {rule!r}")
+
+
+def tokens_per_step(steps: int, num_tokens: int, schedule: str = "arccos") -> list[int]:
+    """How many tokens each step unmasks (MaskGIT ``adap_sche``): always at least one, summing to L.
+
+    The last entry absorbs rounding and can be 0 (or less, which the sampler treats as 0) for tiny grids.
+    """
+    if schedule not in TOKEN_SCHEDULES:
+        raise ShortcutError(f"schedule must be one of {', '.join(TOKEN_SCHEDULES)}, got {schedule!r}")
+    r = torch.linspace(1, 0, steps, dtype=torch.float32)
+    if schedule == "root":
+        val = 1 - r ** 0.5
+    elif schedule == "linear":
+        val = 1 - r
+    elif schedule == "square":
+        val = 1 - r ** 2
+    elif schedule == "cosine":
+        val = torch.cos(r * math.pi * 0.5)
+    else:
+        val = torch.arccos(r) / (math.pi * 0.5)
+    sched = (val / val.sum()) * num_tokens
+    sched = sched.round()
+    sched[sched == 0] = 1
+    sched[-1] += num_tokens - sched.sum()
+    return [int(v) for v in sched.tolist()]
+
+
+def mask_ratios(counts: Sequence[int], num_tokens: int) -> list[float]:
+    """Masked fraction at the start of every step for a token-count schedule (the shortcut's time input)."""
+    remaining = num_tokens
+    ratios = []
+    for count in counts:
+        ratios.append(remaining / num_tokens)
+        remaining = max(remaining - max(count, 0), 0)
+    return ratios
