@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 
 from .generator import MaskedGenerator, ShortcutError
+from .backends import PATH_LOADERS
 from .weights import GENERATOR_FORMAT, load_tensors, read_metadata, save_safetensors
 
 log = logging.getLogger(__name__)
@@ -21,9 +21,6 @@ BUILTIN_SHORTCUTS = {"demo": DEMO_SHORTCUT}
 
 DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-# Loaders for paths that are not our own generator files: each returns a generator or None if the path is
-# not its format. Backends add theirs (official MaskGIT checkpoints, Lumina-DiMOO folders, aMUSEd folders).
-PATH_LOADERS: list[Callable[[Path, torch.device, Optional[torch.dtype]], Optional[MaskedGenerator]]] = []
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

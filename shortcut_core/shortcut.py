@@ -204,14 +204,29 @@ class ShortcutNetwork(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-SHORTCUT_ARCHS = {"maskgit": ShortcutNetwork}
+# Architecture name -> class, or "module:Class" imported on first use (keeps heavy backends lazy).
+# A class must take a ShortcutConfig; for weights without metadata it also needs a classmethod
+# ``config_from_state_dict(state, num_heads)``.
+SHORTCUT_ARCHS: dict[str, object] = {
+    "maskgit": ShortcutNetwork,
+}
+
+
+def shortcut_class(arch: str):
+    if arch not in SHORTCUT_ARCHS:
+        raise ShortcutError(f"unknown shortcut architecture {arch!r}; known: {', '.join(sorted(SHORTCUT_ARCHS))}")
+    target = SHORTCUT_ARCHS[arch]
+    if isinstance(target, str):
+        import importlib
+        module, _, name = target.partition(":")
+        target = getattr(importlib.import_module(module), name)
+        SHORTCUT_ARCHS[arch] = target
+    return target
 
 
 def build_shortcut(config: ShortcutConfig) -> nn.Module:
-    """The network for ``config.arch``; backends with their own architecture register it here."""
-    if config.arch not in SHORTCUT_ARCHS:
-        raise ShortcutError(f"unknown shortcut architecture {config.arch!r}; known: {', '.join(sorted(SHORTCUT_ARCHS))}")
-    return SHORTCUT_ARCHS[config.arch](config)
+    """The network for ``config.arch``."""
+    return shortcut_class(config.arch)(config)
 
 
 def config_from_state_dict(state: dict, num_heads: int = 16, arch: str = "maskgit") -> ShortcutConfig:

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from .generator import MaskedGenerator, ShortcutError
-from .shortcut import ShortcutConfig, build_shortcut, config_from_state_dict
+from .shortcut import ShortcutConfig, build_shortcut, config_from_state_dict, shortcut_class
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,7 @@ def load_shortcut(path: Path, generator: Optional[MaskedGenerator] = None, num_h
             raise ShortcutError(f"{path}: this is a training checkpoint, not a shortcut state dict")
         arch = generator.shortcut_arch if generator is not None else "maskgit"
         if arch != "maskgit":
-            from .shortcut import SHORTCUT_ARCHS
-            config = SHORTCUT_ARCHS[arch].config_from_state_dict(state, num_heads)
+            config = shortcut_class(arch).config_from_state_dict(state, num_heads)
         else:
             try:
                 config = config_from_state_dict(state, num_heads=num_heads or 16)
@@ -143,7 +142,11 @@ def load_shortcut(path: Path, generator: Optional[MaskedGenerator] = None, num_h
             raise ShortcutError(f"{path}: shortcut architecture {config.arch!r} does not fit generator "
                                 f"{generator.identity!r} (needs {generator.shortcut_arch!r})")
     network = build_shortcut(config)
-    missing, unexpected = network.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = network.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise ShortcutError(f"{path}: weights do not fit a {config.arch} shortcut of this shape: "
+                            f"{str(err).splitlines()[-1].strip()}") from err
     if missing or unexpected:
         raise ShortcutError(f"{path}: weights do not fit a {config.arch} shortcut of this shape "
                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")

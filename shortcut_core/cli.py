@@ -1,0 +1,158 @@
+"""Command line: ``python -m shortcut_core sample ...`` (and the subcommands other modules add)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .generator import Condition, ShortcutError
+from .registry import load_generator, shortcut_path
+from .sampler import SamplerSettings, StepInfo, sample
+from .schedules import FULL_STEP_RULES, TOKEN_SCHEDULES
+from .weights import load_shortcut
+
+
+def save_images(images: torch.Tensor, out: Path, grid: bool = True) -> list[str]:
+    """[B, 3, H, W] in 0..1 to PNG: one file, a grid when there are several images (or one file each)."""
+    from PIL import Image
+    import numpy as np
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    arrays = (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    if grid or len(arrays) == 1:
+        count = len(arrays)
+        cols = min(count, max(1, int(np.ceil(np.sqrt(count)))))
+        rows = int(np.ceil(count / cols))
+        height, width = arrays.shape[1:3]
+        sheet = np.full((rows * height + (rows - 1) * 2, cols * width + (cols - 1) * 2, 3), 255, np.uint8)
+        for i, arr in enumerate(arrays):
+            r, c = divmod(i, cols)
+            sheet[r * (height + 2): r * (height + 2) + height, c * (width + 2): c * (width + 2) + width] = arr
+        Image.fromarray(sheet).save(out)
+        return [str(out)]
+    paths = []
+    for i, arr in enumerate(arrays):
+        path = out.with_name(f"{out.stem}_{i:03d}{out.suffix}")
+        Image.fromarray(arr).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def parse_labels(text: Optional[str], generator, batch: int, seed: int) -> list[int]:
+    """'3', '1,4,7' or class names; default: classes 0, 1, 2, ... cycling over the batch."""
+    if not text:
+        return [i % generator.num_classes for i in range(batch)]
+    labels = []
+    names = {n.lower(): i for i, n in enumerate(generator.class_names)}
+    for item in text.split(","):
+        item = item.strip()
+        if item.lstrip("-").isdigit():
+            labels.append(int(item))
+        elif item.lower() in names:
+            labels.append(names[item.lower()])
+        else:
+            raise ShortcutError(f"class {item!r} is neither a number nor a class name of this generator "
+                                f"(names: {', '.join(generator.class_names[:20])}...)")
+    return [labels[i % len(labels)] for i in range(max(batch, len(labels)))]
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="generate images (vanilla, or faster with shortcut weights)")
+    p.add_argument("--generator", default="demo", help="'demo' or a generator file/folder")
+    p.add_argument("--shortcut", default=None,
+                   help="shortcut weights file, 'demo' for the embedded one, 'none' for vanilla "
+                        "(default: the generator's built-in weights when it has some)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps N")
+    p.add_argument("--budget", type=int, default=None, help="steps that run the base model B (default: N)")
+    p.add_argument("--full-steps", default=None, help="explicit 0-based full steps, e.g. 0,3,5")
+    p.add_argument("--full-step-rule", choices=FULL_STEP_RULES, default="official")
+    p.add_argument("--schedule", choices=TOKEN_SCHEDULES, default=None)
+    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale w")
+    p.add_argument("--no-cfg-ramp", action="store_true", help="constant guidance instead of the linear ramp")
+    p.add_argument("--sm-temp", type=float, default=None, help="softmax temperature (multiplies the logits)")
+    p.add_argument("--r-temp", type=float, default=None, help="Gumbel confidence noise, decays linearly to 0")
+    p.add_argument("--classes", default=None, help="class labels or names, comma-separated")
+    p.add_argument("--batch", type=int, default=None, help="images to generate (default: number of classes given, else 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--autocast", default="none", choices=["none", "bf16", "fp16"])
+    p.add_argument("--out", default="out.png", help="PNG path (a grid when several images)")
+    p.add_argument("--separate", action="store_true", help="one PNG per image instead of a grid")
+    p.add_argument("--json", action="store_true", help="print one JSON summary object")
+    p.set_defaults(func=run_sample)
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    generator = load_generator(args.generator, device=args.device, dtype=args.dtype)
+    defaults = dict(generator.default_settings)
+    settings = SamplerSettings(**{k: v for k, v in defaults.items() if k in SamplerSettings.__dataclass_fields__})
+    overrides = {"steps": args.steps, "budget": args.budget, "schedule": args.schedule, "cfg_scale": args.cfg,
+                 "sm_temp": args.sm_temp, "r_temp": args.r_temp, "seed": args.seed, "autocast": args.autocast,
+                 "full_step_rule": args.full_step_rule}
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(settings, key, value)
+    if args.no_cfg_ramp:
+        settings.cfg_ramp = False
+    if args.full_steps:
+        settings.full_steps = [int(s) for s in args.full_steps.split(",")]
+        settings.budget = len(set(settings.full_steps))
+    settings.validate()
+    shortcut = None
+    wants_shortcut = settings.resolved_budget() < settings.steps
+    shortcut_name = args.shortcut or (generator.default_settings.get("shortcut") if wants_shortcut else None)
+    if shortcut_name and shortcut_name != "none":
+        shortcut = load_shortcut(shortcut_path(shortcut_name), generator)
+    batch = args.batch or (len(args.classes.split(",")) if args.classes else 1)
+    labels = parse_labels(args.classes, generator, batch, args.seed)[:batch]
+    condition = Condition(labels=labels)
+    bar = tqdm(total=settings.steps, desc="sampling", unit="step", disable=args.json, file=sys.stderr)
+
+    def progress(info: StepInfo) -> None:
+        bar.set_postfix_str("full" if info.is_full else "shortcut")
+        bar.update(1)
+
+    result = sample(generator, condition, settings, shortcut=shortcut, callback=progress)
+    bar.close()
+    images = generator.decode(result.codes)
+    paths = save_images(images, Path(args.out), grid=not args.separate)
+    summary = {"generator": generator.identity, "steps": settings.steps, "budget": settings.resolved_budget(),
+               "full_steps": result.full_steps, "base_calls": result.base_calls,
+               "shortcut_calls": result.shortcut_calls, "seconds": round(result.seconds, 4),
+               "base_call_ms": round(result.base_call_ms, 3), "shortcut_call_ms": round(result.shortcut_call_ms, 3),
+               "labels": labels, "class_names": [generator.class_names[i] for i in labels], "seed": settings.seed,
+               "images": paths}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{generator.identity}: {len(labels)} image(s), {settings.steps} steps, budget {settings.resolved_budget()} "
+              f"(full steps {result.full_steps}); {result.base_calls} base calls at {result.base_call_ms:.1f} ms, "
+              f"{result.shortcut_calls} shortcut calls at {result.shortcut_call_ms:.1f} ms; "
+              f"{result.seconds:.2f} s; wrote {', '.join(paths)}")
+    return 0
+
+
+# Subcommands: (name, function adding its parser). Other modules append theirs here.
+SUBCOMMANDS: list[tuple[str, Callable]] = [("sample", _add_sample)]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m shortcut_core", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for _, add in SUBCOMMANDS:
+        add(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ShortcutError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
