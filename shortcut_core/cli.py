@@ -143,6 +143,10 @@ def run_sample(args: argparse.Namespace) -> int:
 # Subcommands: (name, function adding its parser). Other modules append theirs here.
 SUBCOMMANDS: list[tuple[str, Callable]] = [("sample", _add_sample)]
 
+from .convert import add_convert_parser  # noqa: E402
+
+SUBCOMMANDS.append(("convert", add_convert_parser))
+
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -129,6 +129,10 @@ class MaskedGenerator(nn.Module, ABC):
     def new_tokens(self, codes: torch.Tensor, new_map: torch.Tensor, ctx: Context) -> NewTokens:
         """Embed the codes decoded at the previous step (``new_map`` [B, L]) for every branch row."""
 
+    def image_positions(self, ctx: Context) -> torch.Tensor:
+        """Indices [L] of the image tokens in the feature sequence (row-major grid order)."""
+        return torch.arange(self.num_tokens, device=ctx.device)
+
     @abstractmethod
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Image codes [B, L] to images [B, 3, H, W] in 0..1 (float32)."""

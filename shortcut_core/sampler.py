@@ -2,7 +2,8 @@
 
 Confidence-based unmasking as in the MaskGIT reference: sample a code per masked position from
 softmax(logits * sm_temp), score it by its log-probability plus Gumbel noise whose weight r_temp decays
-linearly to 0, keep the top-k(i) (k from the token schedule). CFG is ``(1 + w_i) c - w_i u`` with
+linearly to 0, keep the top-k(i) (k from the token schedule). ``confidence="dimoo"`` scores as Lumina-DiMOO does
+instead: log-probability under softmax of the UNscaled (guided) logits plus a constant ``r_temp`` x Gumbel. CFG is ``(1 + w_i) c - w_i u`` with
 ``w_i = w * i / (N - 1)`` when ramped. On a shortcut step the feature comes from
 ``shortcut(previous feature, tokens decoded at the previous step, masked fraction before this step)``;
 both CFG branches go through it and features chain from one shortcut step to the next.
@@ -23,6 +24,9 @@ from .schedules import FULL_STEP_RULES, TOKEN_SCHEDULES, check_steps_budget, ful
 log = logging.getLogger(__name__)
 
 AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# How a sampled token is scored for keeping: "maskgit" = log softmax(logits * sm_temp)[code] + r_temp (1 - i/(N-1)) g;
+# "dimoo" = log softmax(logits)[code] + r_temp g (Lumina-DiMOO: temperature t <=> sm_temp = 1/t, r_temp = t).
+CONFIDENCE_MODES = ("maskgit", "dimoo")
 
 
 @dataclass
@@ -40,6 +44,7 @@ class SamplerSettings:
     r_temp: float = 4.5
     seed: int = 0
     autocast: str = "none"
+    confidence: str = "maskgit"
 
     def resolved_budget(self) -> int:
         return self.steps if self.budget is None else self.budget
@@ -59,6 +64,8 @@ class SamplerSettings:
             raise ShortcutError(f"sm_temp must be > 0, got {self.sm_temp}")
         if self.r_temp < 0:
             raise ShortcutError(f"r_temp must be >= 0, got {self.r_temp}")
+        if self.confidence not in CONFIDENCE_MODES:
+            raise ShortcutError(f"confidence must be one of {', '.join(CONFIDENCE_MODES)}, got {self.confidence!r}")
         if self.autocast not in AUTOCAST_DTYPES:
             raise ShortcutError(f"autocast must be one of {', '.join(AUTOCAST_DTYPES)}, got {self.autocast!r}")
 
@@ -171,8 +178,12 @@ def sample(generator: MaskedGenerator, condition: Condition, settings: SamplerSe
             logits = (1 + weight) * cond - weight * uncond
         scaled = logits * settings.sm_temp
         sampled = (scaled + _gumbel(scaled.shape, rng, device)).argmax(dim=-1)
-        log_prob = torch.log_softmax(scaled, dim=-1).gather(-1, sampled[..., None])[..., 0]
-        confidence = log_prob + settings.r_temp * (1 - ramp) * _gumbel(log_prob.shape, rng, device)
+        if settings.confidence == "dimoo":
+            log_prob = torch.log_softmax(logits, dim=-1).gather(-1, sampled[..., None])[..., 0]
+            confidence = log_prob + settings.r_temp * _gumbel(log_prob.shape, rng, device)
+        else:
+            log_prob = torch.log_softmax(scaled, dim=-1).gather(-1, sampled[..., None])[..., 0]
+            confidence = log_prob + settings.r_temp * (1 - ramp) * _gumbel(log_prob.shape, rng, device)
         confidence = confidence.masked_fill(~masked, float("-inf"))
         chosen = confidence.topk(count, dim=-1).indices
         new_map = torch.zeros_like(masked).scatter_(1, chosen, True)

@@ -1,7 +1,8 @@
 """Which steps run the base model, and how many tokens each step decodes.
 
 The full-step rules reproduce the official MIGM-Shortcut code (``official``) and the paper's text
-(``paper``); the token-count schedules reproduce the MaskGIT reference ``adap_sche``.
+(``paper``); the token-count schedules reproduce the MaskGIT reference ``adap_sche``, and ``dimoo_cosine``
+the Lumina-DiMOO / DiMOO-Shortcut rule (a number of tokens kept masked after each step).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from .generator import ShortcutError
 
 FULL_STEP_RULES = ("official", "paper")
-TOKEN_SCHEDULES = ("arccos", "cosine", "linear", "square", "root")
+TOKEN_SCHEDULES = ("arccos", "cosine", "linear", "square", "root", "dimoo_cosine")
 
 
 def check_steps_budget(steps: int, budget: int) -> None:
@@ -58,6 +59,8 @@ def tokens_per_step(steps: int, num_tokens: int, schedule: str = "arccos") -> li
     """
     if schedule not in TOKEN_SCHEDULES:
         raise ShortcutError(f"schedule must be one of {', '.join(TOKEN_SCHEDULES)}, got {schedule!r}")
+    if schedule == "dimoo_cosine":
+        return dimoo_cosine_counts(steps, num_tokens)
     r = torch.linspace(1, 0, steps, dtype=torch.float32)
     if schedule == "root":
         val = 1 - r ** 0.5
@@ -74,6 +77,22 @@ def tokens_per_step(steps: int, num_tokens: int, schedule: str = "arccos") -> li
     sched[sched == 0] = 1
     sched[-1] += num_tokens - sched.sum()
     return [int(v) for v in sched.tolist()]
+
+
+def dimoo_cosine_counts(steps: int, num_tokens: int) -> list[int]:
+    """Lumina-DiMOO's rule: after step s (0-based) keep ``floor(L cos(pi/2 (s+1)/N))`` tokens masked (at least 1),
+    none after the last step; each step unmasks the difference. Computed in float32 like the reference loop.
+    """
+    keep = []
+    length = torch.tensor([float(num_tokens)], dtype=torch.float32)
+    for step in range(steps):
+        if step < steps - 1:
+            frac = torch.cos(0.5 * math.pi * torch.tensor([(step + 1) / steps], dtype=torch.float32))
+            keep.append(int((length * frac).floor().clamp_min(1).item()))
+        else:
+            keep.append(0)
+    before = [num_tokens] + keep[:-1]
+    return [max(b - k, 0) for b, k in zip(before, keep)]
 
 
 def mask_ratios(counts: Sequence[int], num_tokens: int) -> list[float]:

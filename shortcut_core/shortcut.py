@@ -209,6 +209,7 @@ class ShortcutNetwork(nn.Module):
 # ``config_from_state_dict(state, num_heads)``.
 SHORTCUT_ARCHS: dict[str, object] = {
     "maskgit": ShortcutNetwork,
+    "dimoo": "shortcut_core.backends.dimoo:DimooShortcut",
 }
 
 

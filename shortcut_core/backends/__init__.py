@@ -6,3 +6,22 @@ files. Each takes (path, device, dtype) and returns a generator, or None when th
 from __future__ import annotations
 
 PATH_LOADERS: list = []
+
+
+def _load_dimoo_folder(path, device, dtype):
+    """Lumina-DiMOO Hugging Face folder (config.json with model_type 'llada'); imports the backend only when called."""
+    from .dimoo import load_dimoo_path
+    return load_dimoo_path(path, device, dtype)
+
+
+PATH_LOADERS.append(_load_dimoo_folder)
+
+
+def _load_maskgit_official(path, device, dtype):
+    """Official MaskGIT files: a pretrained_maskgit/ folder or a MaskGIT_ImageNet_*.pth / converted transformer
+    file with its VQGAN beside it (rule in maskgit_official); imports the backend only when called."""
+    from .maskgit_official import load_path
+    return load_path(path, device, dtype)
+
+
+PATH_LOADERS.append(_load_maskgit_official)
