@@ -67,6 +67,8 @@ def _add_sample(sub) -> None:
     p.add_argument("--shortcut", default=None,
                    help="shortcut weights file, 'demo' for the embedded one, 'none' for vanilla "
                         "(default: the generator's built-in weights when it has some)")
+    p.add_argument("--preset", default=None,
+                   help="named settings, e.g. maskgit512-N15-B7 (shortcut_core.presets); explicit flags override it")
     p.add_argument("--steps", type=int, default=None, help="sampling steps N")
     p.add_argument("--budget", type=int, default=None, help="steps that run the base model B (default: N)")
     p.add_argument("--full-steps", default=None, help="explicit 0-based full steps, e.g. 0,3,5")
@@ -77,6 +79,8 @@ def _add_sample(sub) -> None:
     p.add_argument("--sm-temp", type=float, default=None, help="softmax temperature (multiplies the logits)")
     p.add_argument("--r-temp", type=float, default=None, help="Gumbel confidence noise, decays linearly to 0")
     p.add_argument("--classes", default=None, help="class labels or names, comma-separated")
+    from .backends.dimoo import add_text_arguments
+    add_text_arguments(p)
     p.add_argument("--batch", type=int, default=None, help="images to generate (default: number of classes given, else 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -94,6 +98,12 @@ def run_sample(args: argparse.Namespace) -> int:
     generator = load_generator(args.generator, device=args.device, dtype=args.dtype)
     defaults = dict(generator.default_settings)
     settings = SamplerSettings(**{k: v for k, v in defaults.items() if k in SamplerSettings.__dataclass_fields__})
+    if args.preset:
+        from .presets import apply_preset, check_preset
+        settings = apply_preset(settings, args.preset)
+        warning = check_preset(args.preset, generator)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     overrides = {"steps": args.steps, "budget": args.budget, "schedule": args.schedule, "cfg_scale": args.cfg,
                  "sm_temp": args.sm_temp, "r_temp": args.r_temp, "seed": args.seed, "autocast": args.autocast,
                  "full_step_rule": args.full_step_rule}
@@ -111,9 +121,16 @@ def run_sample(args: argparse.Namespace) -> int:
     shortcut_name = args.shortcut or (generator.default_settings.get("shortcut") if wants_shortcut else None)
     if shortcut_name and shortcut_name != "none":
         shortcut = load_shortcut(shortcut_path(shortcut_name), generator)
-    batch = args.batch or (len(args.classes.split(",")) if args.classes else 1)
-    labels = parse_labels(args.classes, generator, batch, args.seed)[:batch]
-    condition = Condition(labels=labels)
+    if generator.condition_kind == "text":
+        from .backends.dimoo import text_condition_from_args
+        batch = args.batch or len(args.prompt or []) or 1
+        condition = text_condition_from_args(generator, args, batch)
+        labels, names = [], []
+    else:
+        batch = args.batch or (len(args.classes.split(",")) if args.classes else 1)
+        labels = parse_labels(args.classes, generator, batch, args.seed)[:batch]
+        condition = Condition(labels=labels)
+        names = [generator.class_names[i] for i in labels]
     bar = tqdm(total=settings.steps, desc="sampling", unit="step", disable=args.json, file=sys.stderr)
 
     def progress(info: StepInfo) -> None:
@@ -128,12 +145,12 @@ def run_sample(args: argparse.Namespace) -> int:
                "full_steps": result.full_steps, "base_calls": result.base_calls,
                "shortcut_calls": result.shortcut_calls, "seconds": round(result.seconds, 4),
                "base_call_ms": round(result.base_call_ms, 3), "shortcut_call_ms": round(result.shortcut_call_ms, 3),
-               "labels": labels, "class_names": [generator.class_names[i] for i in labels], "seed": settings.seed,
+               "labels": labels, "class_names": names, "prompts": condition.prompts, "seed": settings.seed,
                "images": paths}
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{generator.identity}: {len(labels)} image(s), {settings.steps} steps, budget {settings.resolved_budget()} "
+        print(f"{generator.identity}: {batch} image(s), {settings.steps} steps, budget {settings.resolved_budget()} "
               f"(full steps {result.full_steps}); {result.base_calls} base calls at {result.base_call_ms:.1f} ms, "
               f"{result.shortcut_calls} shortcut calls at {result.shortcut_call_ms:.1f} ms; "
               f"{result.seconds:.2f} s; wrote {', '.join(paths)}")

@@ -19,6 +19,7 @@ DEMO_SHORTCUT = ASSETS / "demo_shortcut.safetensors"
 BUILTIN_GENERATORS = {"demo": DEMO_GENERATOR}
 BUILTIN_SHORTCUTS = {"demo": DEMO_SHORTCUT}
 
+FP32_MODULES = ("vq",)
 DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -66,6 +67,9 @@ def load_generator(name: str, device: str | torch.device = "auto", dtype: str = 
     device = resolve_device(device) if isinstance(device, str) else device
     torch_dtype = resolve_dtype(dtype, device)
     path = BUILTIN_GENERATORS.get(name)
+    if path is not None and not path.exists():
+        raise ShortcutError(f"the built-in generator {name!r} is missing ({path}); rebuild it with "
+                            "train/train_demo.py (see README) or reinstall the pack")
     if path is None:
         path = Path(name).expanduser()
         if not path.exists():
@@ -83,10 +87,10 @@ def load_generator(name: str, device: str | torch.device = "auto", dtype: str = 
         raise ShortcutError(f"{path}: not a generator this pack can load (expected a {GENERATOR_FORMAT!r} "
                             "safetensors file, an official checkpoint or a model folder of a supported backend)")
     generator.eval().requires_grad_(False)
-    generator.to(device=device, dtype=torch_dtype)
-    vq = getattr(generator, "vq", None)
-    if vq is not None:
-        vq.float()
+    generator.to(device=device)
+    for name, child in generator.named_children():
+        if name not in FP32_MODULES:  # the image decoder stays float32 whatever dtype the transformer gets
+            child.to(dtype=torch_dtype)
     return generator
 
 

@@ -127,7 +127,8 @@ def load_shortcut(path: Path, generator: Optional[MaskedGenerator] = None, num_h
             raise ShortcutError(f"{path}: this is a training checkpoint, not a shortcut state dict")
         arch = generator.shortcut_arch if generator is not None else "maskgit"
         if arch != "maskgit":
-            config = shortcut_class(arch).config_from_state_dict(state, num_heads)
+            config = shortcut_class(arch).config_from_state_dict(
+                state, num_heads or getattr(generator, "shortcut_num_heads", None))
         else:
             try:
                 config = config_from_state_dict(state, num_heads=num_heads or 16)
