@@ -4,15 +4,14 @@
 
 Reports the per-call latency of the base model and of the shortcut (median over repeats, after warm-up),
 their ratio c, end-to-end latency of vanilla N steps vs (N, B), the measured speedup, the bound
-N / (B + (N - B) c), and token agreement with vanilla at the same seed.
+N / (B + (N - B) c), and agreement with vanilla at the same seed (equal tokens, PSNR of the decoded images),
+next to the same figures for reusing the previous feature on shortcut steps (no network).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -20,17 +19,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shortcut_core import Condition, SamplerSettings, load_generator, load_shortcut, sample, shortcut_path  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 
-def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+class ReuseFeature(torch.nn.Module):
+    """The training-free baseline at the same budget: a shortcut step reuses the previous feature."""
+
+    def forward(self, prev_feature, new, mask_ratio, padding=None):
+        return prev_feature
 
 
 def main() -> int:
@@ -66,21 +62,30 @@ def main() -> int:
         head_s = median_seconds(lambda: generator.head(state.feature, ctx, state.masked), args.repeats)
     cost = short_s / base_s
 
-    def run(budget):
+    def run(budget, network=shortcut):
         settings = SamplerSettings(**{**base_settings.__dict__, "budget": budget, "seed": 0})
-        return sample(generator, condition, settings, shortcut=shortcut)
+        return sample(generator, condition, settings, shortcut=network)
+
+    def psnr(codes) -> float:
+        error = (generator.decode(codes) - vanilla_images).pow(2).mean().clamp(min=1e-10)
+        return float(-10 * torch.log10(error))
 
     vanilla_codes = run(None).codes
+    vanilla_images = generator.decode(vanilla_codes)
     vanilla_s = median_seconds(lambda: run(None), args.repeats, warmup=1)
     rows = []
     for budget in [int(b) for b in args.budgets.split(",")]:
         result = run(budget)
+        reused = run(budget, ReuseFeature())
         seconds = median_seconds(lambda: run(budget), args.repeats, warmup=1)
         bound = args.steps / (budget + (args.steps - budget) * cost)
         speedup = vanilla_s / seconds
         rows.append({"budget": budget, "full_steps": result.full_steps, "seconds": seconds, "speedup": speedup,
                      "bound": bound, "efficiency": speedup / bound,
-                     "token_agreement_with_vanilla": float((result.codes == vanilla_codes).float().mean())})
+                     "token_agreement_with_vanilla": float((result.codes == vanilla_codes).float().mean()),
+                     "psnr_vs_vanilla_db": psnr(result.codes),
+                     "reuse_token_agreement_with_vanilla": float((reused.codes == vanilla_codes).float().mean()),
+                     "reuse_psnr_vs_vanilla_db": psnr(reused.codes)})
     report = {"generator": generator.identity, "device": str(generator.device), "threads": torch.get_num_threads(),
               "batch": args.batch, "steps": args.steps, "base_call_ms": 1000 * base_s,
               "shortcut_call_ms": 1000 * short_s, "head_ms": 1000 * head_s, "cost_ratio": cost,
@@ -90,11 +95,14 @@ def main() -> int:
     print(f"per call: base {1000 * base_s:.2f} ms, shortcut {1000 * short_s:.2f} ms "
           f"(c = {cost:.3f} = 1/{1 / cost:.1f}), head {1000 * head_s:.2f} ms")
     print(f"vanilla N={args.steps}: {vanilla_s:.3f} s")
-    print("| N | B | full steps | seconds | speedup | bound N/(B+(N-B)c) | efficiency | tokens equal to vanilla |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| N | B | full steps | seconds | speedup | bound N/(B+(N-B)c) | efficiency | tokens = vanilla | PSNR vs vanilla "
+          "| reuse-feature tokens = vanilla | reuse-feature PSNR |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {args.steps} | {row['budget']} | {row['full_steps']} | {row['seconds']:.3f} | {row['speedup']:.2f}x | "
-              f"{row['bound']:.2f}x | {row['efficiency']:.2f} | {100 * row['token_agreement_with_vanilla']:.1f} % |")
+              f"{row['bound']:.2f}x | {row['efficiency']:.2f} | {100 * row['token_agreement_with_vanilla']:.1f} % | "
+              f"{row['psnr_vs_vanilla_db']:.1f} dB | {100 * row['reuse_token_agreement_with_vanilla']:.1f} % | "
+              f"{row['reuse_psnr_vs_vanilla_db']:.1f} dB |")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0

@@ -14,7 +14,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,17 +25,7 @@ from shortcut_core.backends.vqgan import VQConfig, VQModel  # noqa: E402
 from shortcut_core.generator import Condition  # noqa: E402
 from shortcut_core.schedules import full_steps  # noqa: E402
 from shortcut_core.shortcut import ShortcutConfig, ShortcutNetwork  # noqa: E402
-
-
-def timed(fn, warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+from timing import timed  # noqa: E402
 
 
 def main(argv=None) -> int:

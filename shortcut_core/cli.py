@@ -130,6 +130,7 @@ def run_sample(args: argparse.Namespace) -> int:
         batch = args.batch or (len(args.classes.split(",")) if args.classes else 1)
         labels = parse_labels(args.classes, generator, batch, args.seed)[:batch]
         condition = Condition(labels=labels)
+        generator.check_condition(condition, batch)
         names = [generator.class_names[i] for i in labels]
     bar = tqdm(total=settings.steps, desc="sampling", unit="step", disable=args.json, file=sys.stderr)
 

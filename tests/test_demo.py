@@ -57,18 +57,26 @@ def test_demo_shortcut_is_fitted_for_the_demo_and_beats_reusing_the_feature(demo
     load_shortcut(DEMO_SHORTCUT, demo)
 
 
-def test_demo_budget_equal_steps_is_vanilla_and_shortcut_stays_close(demo):
+class ReuseFeature(torch.nn.Module):
+    """The training-free baseline: a shortcut step reuses the previous feature."""
+
+    def forward(self, prev_feature, new, mask_ratio, padding=None):
+        return prev_feature
+
+
+def test_demo_budget_equal_steps_is_vanilla_and_the_shortcut_tracks_vanilla_better_than_reuse(demo):
     shortcut = load_shortcut(DEMO_SHORTCUT, demo)
-    condition = Condition(labels=list(range(10)))
-    vanilla = sample(demo, condition, SamplerSettings(steps=16, seed=3, cfg_scale=2.0, r_temp=3.0))
-    same = sample(demo, condition, SamplerSettings(steps=16, budget=16, seed=3, cfg_scale=2.0, r_temp=3.0),
-                  shortcut=shortcut)
-    fast = sample(demo, condition, SamplerSettings(steps=16, budget=6, seed=3, cfg_scale=2.0, r_temp=3.0),
-                  shortcut=shortcut)
+    condition = Condition(labels=list(range(10)) * 2)
+    settings = dict(steps=16, seed=3, cfg_scale=2.0, r_temp=3.0)
+    vanilla = sample(demo, condition, SamplerSettings(**settings))
+    same = sample(demo, condition, SamplerSettings(budget=16, **settings), shortcut=shortcut)
     assert torch.equal(vanilla.codes, same.codes)
-    vanilla_images, fast_images = demo.decode(vanilla.codes), demo.decode(fast.codes)
-    psnr = -10 * torch.log10(((vanilla_images - fast_images) ** 2).mean())
-    assert psnr > 12  # same seed, 6 of 16 base calls: the same picture with local differences (measured ~? dB)
+    fast = sample(demo, condition, SamplerSettings(budget=6, **settings), shortcut=shortcut)
+    reused = sample(demo, condition, SamplerSettings(budget=6, **settings), shortcut=ReuseFeature())
+    agreement = (fast.codes == vanilla.codes).float().mean()
+    reuse_agreement = (reused.codes == vanilla.codes).float().mean()
+    # benchmarks/demo_speed.py measured 30.5 % vs 15.7 % equal tokens at (16, 6), batch 8, seed 0
+    assert agreement > reuse_agreement + 0.05
 
 
 def test_classes_give_different_pictures(demo):
