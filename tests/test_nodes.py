@@ -497,8 +497,10 @@ def test_mismatched_shortcut_weights_are_refused_plainly(pack, comfy):
         run(pack.sampling.ShortcutMaskedSampler, generator=other, shortcut=good, **sampler_inputs(pack))
 
 
-def test_progress_per_step_previews_and_cancel_within_one_step(pack, comfy):
+def test_progress_per_step_previews_and_cancel_within_one_step(pack, comfy, monkeypatch):
     gen, sc = load_tiny(pack)
+    monkeypatch.setattr(pack.sampling, "PREVIEW_AFTER_SECONDS", 0.0)  # tiny runs are quicker than the threshold
+    monkeypatch.setattr(pack.sampling, "PREVIEW_SHARE", 1e9)
     mm = sys.modules["comfy.model_management"]
     seen = []
 
@@ -521,6 +523,45 @@ def test_progress_per_step_previews_and_cancel_within_one_step(pack, comfy):
     assert out.args[0].shape[0] == 2
     assert [v for v, _, _ in comfy.progress][-1] == 8 and all(t == 8 for _, t, _ in comfy.progress)
     assert all(p is None for _, _, p in comfy.progress), "previews decoded although nothing shows them"
+
+
+def test_previews_are_skipped_when_decoding_costs_too_much(pack, comfy, monkeypatch):
+    gen, sc = load_tiny(pack)
+    monkeypatch.setattr(pack.sampling, "PREVIEW_AFTER_SECONDS", 0.0)
+    comfy.hook = lambda *args: None
+    slow = pack.sampling.preview_frame
+
+    def costly(*args):
+        import time
+        time.sleep(0.2)  # a decoder far slower than a sampling step
+        return slow(*args)
+
+    monkeypatch.setattr(pack.sampling, "preview_frame", costly)
+    run(pack.sampling.ShortcutMaskedSampler, generator=gen, shortcut=sc, **sampler_inputs(pack, steps=16, budget=8))
+    shown = [p for _, _, p in comfy.progress if p is not None]
+    assert len(shown) == 1, "previews kept costing more than their share of the sampling time"
+    monkeypatch.setattr(pack.sampling, "PREVIEW_AFTER_SECONDS", 60.0)
+    comfy.progress = []
+    run(pack.sampling.ShortcutMaskedSampler, generator=gen, shortcut=sc, **sampler_inputs(pack, seed=9))
+    assert all(p is None for _, _, p in comfy.progress), "a quick run decoded previews"
+
+
+def test_presets_replace_the_widgets_they_name(pack, comfy):
+    gen, sc = load_tiny(pack)
+    sampler = pack.sampling.ShortcutMaskedSampler
+    named = run(sampler, generator=gen, shortcut=sc, **sampler_inputs(pack, preset="maskgit256-N8-B4", steps=8,
+                                                                      budget=8, cfg=9.0))
+    stats = named.ui["shortcut_stats"][0]
+    assert (stats["steps"], stats["budget"], stats["shortcut_calls"]) == (8, 4, 4)
+    assert "note: preset 'maskgit256-N8-B4' was made for maskgit256 models" in stats["summary"]
+    # generator defaults: tiny's cfg 2.0 (and the core's r_temp 4.5) instead of the widgets' 9.0 and 0.5
+    own = run(sampler, generator=gen, shortcut=sc, **sampler_inputs(pack, preset="generator defaults", cfg=9.0,
+                                                                    r_temp=0.5))
+    assert pack.core.SamplerSettings().r_temp == 4.5
+    widgets = run(sampler, generator=gen, shortcut=sc, **sampler_inputs(pack, cfg=2.0, r_temp=4.5))
+    assert torch.equal(own.args[1]["codes"], widgets.args[1]["codes"])
+    with pytest.raises(pack.core.ShortcutError, match="unknown preset"):
+        run(sampler, generator=gen, shortcut=sc, **sampler_inputs(pack, preset="fastest"))
 
 
 def test_class_and_prompt_widgets_become_the_core_condition(pack, comfy):

@@ -8,7 +8,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 import {
-  ASSUMED_SHORTCUT_COST, clampBudget, describeSchedule, expectedSpeedup, fullSteps, pyRound,
+  ASSUMED_SHORTCUT_COST, clampBudget, describeSchedule, expectedSpeedup, fullSteps, presetStepsBudget, pyRound,
 } from "../../web/schedule.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -112,4 +112,33 @@ test("every (N <= 96, B <= N) and both rules agree with shortcut_core.schedules.
     compared++;
   }
   assert.equal(compared, 2 * (96 * 97) / 2);
+});
+
+test("named presets give their steps and budget; other choices none", () => {
+  assert.deepEqual(presetStepsBudget("maskgit512-N15-B7"), { steps: 15, budget: 7 });
+  assert.deepEqual(presetStepsBudget("maskgit512-N32"), { steps: 32, budget: 32 });
+  assert.equal(presetStepsBudget("none (use the widgets)"), null);
+  assert.equal(presetStepsBudget("generator defaults"), null);
+  assert.equal(presetStepsBudget(undefined), null);
+});
+
+test("every preset name in shortcut_core.presets parses to its own steps and budget", (t) => {
+  const python = process.env.PYTHON || "python3";
+  const script = [
+    "import json, sys",
+    `sys.path.insert(0, ${JSON.stringify(ROOT)})`,
+    "from shortcut_core.presets import PRESETS",
+    "print(json.dumps({k: [v[0]['steps'], v[0]['budget']] for k, v in PRESETS.items()}))",
+  ].join("\n");
+  let presets;
+  try {
+    presets = JSON.parse(execFileSync(python, ["-c", script], { encoding: "utf8" }));
+  } catch (err) {
+    t.skip(`python with shortcut_core unavailable: ${String(err).split("\n")[0]}`);
+    return;
+  }
+  assert.ok(Object.keys(presets).length > 0);
+  for (const [name, [steps, budget]] of Object.entries(presets)) {
+    assert.deepEqual(presetStepsBudget(name), { steps, budget }, name);
+  }
 });

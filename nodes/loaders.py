@@ -1,0 +1,98 @@
+"""Load Masked Generator and Load Shortcut Weights: thin adapters over ``shortcut_core`` loading."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..shortcut_core import ShortcutError, load_generator, load_shortcut
+from ..shortcut_core.registry import DTYPES, resolve_dtype
+from . import bridge
+
+MaskedGeneratorType = io.Custom("MASKED_GENERATOR")
+ShortcutType = io.Custom("MIGM_SHORTCUT")
+
+
+class LoadMaskedGenerator(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MIGMLoadMaskedGenerator",
+            display_name="Load Masked Generator",
+            category=bridge.CATEGORY,
+            description=("Loads a masked image generation model (MaskGIT-style). 'demo' is the small embedded "
+                         "generator (10 shape classes, 64x64 px, runs on CPU). Other files go in "
+                         "ComfyUI/models/masked_generators."),
+            inputs=[
+                io.Combo.Input("generator_name", options=bridge.list_generators(), default=bridge.DEMO,
+                               tooltip="'demo' (embedded), a generator file, or a model folder (ends with '/') "
+                                       "from models/masked_generators"),
+                io.Combo.Input("device", options=bridge.device_choices(), default="auto",
+                               tooltip="auto = ComfyUI's device; the model is offloaded by ComfyUI when idle"),
+                io.Combo.Input("dtype", options=list(DTYPES), default="auto",
+                               tooltip="weights precision; auto = bf16 on GPUs that support it, else fp32. "
+                                       "The image decoder always stays fp32."),
+            ],
+            outputs=[MaskedGeneratorType.Output(display_name="generator")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, generator_name, device="auto", dtype="auto", **kwargs):
+        try:
+            return bridge.file_fingerprint(bridge.resolve_generator(generator_name)) + f"|{device}|{dtype}"
+        except ShortcutError:
+            return f"missing:{generator_name}"
+
+    @classmethod
+    def execute(cls, generator_name: str, device: str = "auto", dtype: str = "auto", **kwargs) -> io.NodeOutput:
+        path = bridge.resolve_generator(generator_name)
+        load_device, offload_device = bridge.devices(device)
+        torch_dtype = resolve_dtype(dtype, load_device)
+        dtype_name = {v: k for k, v in DTYPES.items() if v is not None}[torch_dtype]
+        generator = load_generator(str(path), device=offload_device, dtype=dtype_name)
+        patcher = bridge.manage(generator, load_device, offload_device)
+        return io.NodeOutput(bridge.GeneratorHandle(generator, patcher, generator_name, load_device, offload_device))
+
+
+class LoadShortcutWeights(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MIGMLoadShortcutWeights",
+            display_name="Load Shortcut Weights",
+            category=bridge.CATEGORY,
+            description=("Loads shortcut weights (MIGM-Shortcut) for the connected generator and checks that they "
+                         "were fitted for it. 'demo' fits the embedded demo generator. Files go in "
+                         "ComfyUI/models/shortcut."),
+            inputs=[
+                MaskedGeneratorType.Input("generator", tooltip="the generator these weights must fit"),
+                io.Combo.Input("shortcut_name", options=bridge.list_shortcuts(), default=bridge.DEMO,
+                               tooltip="'demo' (embedded, for the demo generator) or a file from models/shortcut"),
+            ],
+            outputs=[ShortcutType.Output(display_name="shortcut")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, shortcut_name, **kwargs):
+        try:
+            return bridge.file_fingerprint(bridge.resolve_shortcut(shortcut_name))
+        except ShortcutError:
+            return f"missing:{shortcut_name}"
+
+    @classmethod
+    def execute(cls, generator, shortcut_name: str, **kwargs) -> io.NodeOutput:
+        handle = _generator_handle(generator)
+        path = bridge.resolve_shortcut(shortcut_name)
+        try:
+            network = load_shortcut(path, handle.generator)
+        except ShortcutError as err:
+            raise ShortcutError(f"shortcut weights {shortcut_name!r} do not fit generator "
+                                f"{handle.name!r}: {err}") from err
+        patcher = bridge.manage(network, handle.load_device, handle.offload_device)
+        info = {"arch": network.config.arch, "parameters": sum(p.numel() for p in network.parameters())}
+        return io.NodeOutput(bridge.ShortcutHandle(network, patcher, shortcut_name, handle.generator.identity, info))
+
+
+def _generator_handle(value) -> bridge.GeneratorHandle:
+    if not isinstance(value, bridge.GeneratorHandle):
+        raise ShortcutError(f"the 'generator' input must come from a Load Masked Generator node, got "
+                            f"{type(value).__name__}")
+    return value
