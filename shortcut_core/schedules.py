@@ -1,8 +1,9 @@
 """Which steps run the base model, and how many tokens each step decodes.
 
 The full-step rules reproduce the official MIGM-Shortcut code (``official``) and the paper's text
-(``paper``); the token-count schedules reproduce the MaskGIT reference ``adap_sche``, and ``dimoo_cosine``
-the Lumina-DiMOO / DiMOO-Shortcut rule (a number of tokens kept masked after each step).
+(``paper``); the token-count schedules reproduce the MaskGIT reference ``adap_sche``, ``dimoo_cosine``
+the Lumina-DiMOO / DiMOO-Shortcut rule (a number of tokens kept masked after each step), and ``amused_cosine``
+diffusers' ``AmusedScheduler`` (cosine masking schedule, at least one token decoded per step).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from .generator import ShortcutError
 
 FULL_STEP_RULES = ("official", "paper")
-TOKEN_SCHEDULES = ("arccos", "cosine", "linear", "square", "root", "dimoo_cosine")
+TOKEN_SCHEDULES = ("arccos", "cosine", "linear", "square", "root", "dimoo_cosine", "amused_cosine")
 
 
 def check_steps_budget(steps: int, budget: int) -> None:
@@ -61,6 +62,8 @@ def tokens_per_step(steps: int, num_tokens: int, schedule: str = "arccos") -> li
         raise ShortcutError(f"schedule must be one of {', '.join(TOKEN_SCHEDULES)}, got {schedule!r}")
     if schedule == "dimoo_cosine":
         return dimoo_cosine_counts(steps, num_tokens)
+    if schedule == "amused_cosine":
+        return amused_cosine_counts(steps, num_tokens)
     r = torch.linspace(1, 0, steps, dtype=torch.float32)
     if schedule == "root":
         val = 1 - r ** 0.5
@@ -93,6 +96,26 @@ def dimoo_cosine_counts(steps: int, num_tokens: int) -> list[int]:
             keep.append(0)
     before = [num_tokens] + keep[:-1]
     return [max(b - k, 0) for b, k in zip(before, keep)]
+
+
+def amused_cosine_counts(steps: int, num_tokens: int) -> list[int]:
+    """diffusers ``AmusedScheduler.step`` (masking_schedule "cosine", starting_mask_ratio 1): after step s (0-based)
+    keep ``floor(L cos(pi/2 (s+1)/N))`` tokens masked, but at most one less than were masked before the step and at
+    least 1; none after the last step. Same float32 arithmetic as the scheduler (integer tensor division, then cos).
+    """
+    counts = []
+    remaining = num_tokens
+    for step in range(steps):
+        if step < steps - 1:
+            ratio = torch.tensor([step + 1]) / steps
+            keep = int((num_tokens * torch.cos(ratio * math.pi / 2)).floor().item())
+            keep = max(1, min(remaining - 1, keep))
+        else:
+            keep = 0
+        count = max(remaining - keep, 0)
+        counts.append(count)
+        remaining -= count
+    return counts
 
 
 def mask_ratios(counts: Sequence[int], num_tokens: int) -> list[float]:

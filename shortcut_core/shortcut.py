@@ -210,6 +210,7 @@ class ShortcutNetwork(nn.Module):
 SHORTCUT_ARCHS: dict[str, object] = {
     "maskgit": ShortcutNetwork,
     "dimoo": "shortcut_core.backends.dimoo:DimooShortcut",
+    "amused": "shortcut_core.backends.amused:AmusedShortcut",
 }
 
 

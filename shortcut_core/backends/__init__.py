@@ -25,3 +25,13 @@ def _load_maskgit_official(path, device, dtype):
 
 
 PATH_LOADERS.append(_load_maskgit_official)
+
+
+def _load_amused_folder(path, device, dtype):
+    """aMUSEd diffusers folder (transformer/config.json of a UVit2DModel, vqvae/, text_encoder/, tokenizer/);
+    imports the backend (and diffusers) only when called."""
+    from .amused import load_amused_path
+    return load_amused_path(path, device, dtype)
+
+
+PATH_LOADERS.append(_load_amused_folder)
