@@ -2,25 +2,42 @@
 
     python train/record_trajectories.py --generator demo --count 320 --batch 16 --steps 16 --out runs/demo_traj
 
-Batch i is sampled with seed ``--seed + i`` and classes cycling over the generator's classes; rerunning the
-same command resumes after the last complete shard.
+Batch i is sampled with seed ``--seed + i``: class-conditional generators cycle over the classes (or --classes),
+text-to-image generators over the prompts (--prompt, repeatable, or --prompts FILE: one per line, or JSONL with
+"prompt" and optional "negative_prompt"). One safetensors shard per batch; memory holds one batch at a time.
+
+Resumable: rerunning the same command continues after the last whole shard. The disk space it needs is printed
+before starting and the run refuses when the disk cannot hold it (--no-disk-check to override).
+
+Several processes fill one folder: batch i belongs to rank i % world size. Either launch with torchrun
+(RANK / WORLD_SIZE / LOCAL_RANK from the environment; each rank uses cuda:LOCAL_RANK), or start processes by hand:
+
+    python train/record_trajectories.py ... --rank 0 --world-size 2 &
+    python train/record_trajectories.py ... --rank 1 --world-size 2 &
+    torchrun --nproc_per_node=4 train/record_trajectories.py --generator PATH --count 50000 --batch 32 --out DIR
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shortcut_core.generator import Condition, ShortcutError  # noqa: E402
-from shortcut_core.recording import record  # noqa: E402
+from shortcut_core.generator import ShortcutError  # noqa: E402
+from shortcut_core.recording import ConditionSchedule, human_bytes, read_prompt_file, record  # noqa: E402
 from shortcut_core.registry import load_generator  # noqa: E402
 from shortcut_core.sampler import SamplerSettings  # noqa: E402
 
 
-def main() -> int:
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--generator", default="demo")
     parser.add_argument("--out", required=True, help="dataset folder (created, or resumed)")
@@ -30,11 +47,38 @@ def main() -> int:
     parser.add_argument("--cfg", type=float, default=None)
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--storage", default="fp16", choices=["fp16", "bf16", "fp32"])
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args()
+    parser.add_argument("--device", default="auto", help="auto = cuda:LOCAL_RANK when CUDA is there, else cpu")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="base model weights dtype (auto: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--classes", default=None, help="comma-separated class labels to cycle (default: all)")
+    parser.add_argument("--prompt", action="append", default=None, help="a text prompt (repeatable)")
+    parser.add_argument("--prompts", default=None, help="prompt file: one per line, or .jsonl")
+    parser.add_argument("--negative-prompt", default=None)
+    parser.add_argument("--width", type=int, default=None, help="image width in px (generators with a variable size)")
+    parser.add_argument("--height", type=int, default=None)
+    parser.add_argument("--rank", type=int, default=None, help="this writer's rank (default: $RANK or 0)")
+    parser.add_argument("--world-size", type=int, default=None, help="number of writers (default: $WORLD_SIZE or 1)")
+    parser.add_argument("--no-disk-check", action="store_true", help="record even if the estimate exceeds free space")
+    parser.add_argument("--verify", action="store_true", help="re-check this rank's existing shards (CRC32) first")
+    return parser
+
+
+def main() -> int:
+    args = build_parser().parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    rank = args.rank if args.rank is not None else env_int("RANK", 0)
+    world = args.world_size if args.world_size is not None else env_int("WORLD_SIZE", 1)
+    device = args.device
+    if device == "auto":
+        import torch
+        device = f"cuda:{env_int('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
     try:
-        generator = load_generator(args.generator, device=args.device)
+        generator = load_generator(args.generator, device=device, dtype=args.dtype)
+        if args.width is not None or args.height is not None:
+            if not hasattr(generator, "set_image_size"):
+                raise ShortcutError(f"generator {generator.identity!r} has a fixed size; drop --width/--height")
+            width, height = generator.image_size
+            generator.set_image_size(args.width or width, args.height or height)
         fields = SamplerSettings.__dataclass_fields__
         settings = SamplerSettings(**{k: v for k, v in generator.default_settings.items() if k in fields})
         if args.steps is not None:
@@ -43,17 +87,22 @@ def main() -> int:
             settings.cfg_scale = args.cfg
         settings.seed = args.seed
         settings.budget = None
-        classes = max(generator.num_classes, 1)
-        conditions = []
-        for start in range(0, args.count, args.batch):
-            size = min(args.batch, args.count - start)
-            conditions.append(Condition(labels=[(start + i) % classes for i in range(size)]))
-        index = record(generator, Path(args.out), conditions, settings, storage=args.storage)
+        prompts, negatives = list(args.prompt or []), [args.negative_prompt] * len(args.prompt or [])
+        if args.prompts:
+            file_prompts, file_negatives = read_prompt_file(Path(args.prompts))
+            prompts += file_prompts
+            negatives += [n or args.negative_prompt for n in file_negatives]
+        labels = [int(v) for v in args.classes.split(",")] if args.classes else None
+        conditions = ConditionSchedule(generator, args.count, args.batch, labels=labels, prompts=prompts or None,
+                                       negative_prompts=negatives if any(negatives) else None)
+        index = record(generator, Path(args.out), conditions, settings, storage=args.storage, rank=rank,
+                       world_size=world, check_disk=not args.no_disk_check, verify=args.verify,
+                       announce=lambda text: print(text, flush=True))
     except ShortcutError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{args.out}: {index['trajectories']} trajectories in {len(index['shards'])} shards, "
-          f"{index['bytes'] / 1e6:.1f} MB")
+          f"{index['bytes'] / 1e6:.1f} MB ({human_bytes(index['bytes'])})")
     return 0
 
 
