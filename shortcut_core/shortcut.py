@@ -187,9 +187,13 @@ class ShortcutNetwork(nn.Module):
             self.time_embedder = TimestepEmbedder(hidden)
             self.adaLN_modulation = nn.Linear(hidden, 2 * hidden)
 
+    def embed_query(self, prev_feature: torch.Tensor, new: NewTokens) -> torch.Tensor:
+        """The stream the blocks refine; a subclass adds what its base features lack (e.g. grid positions)."""
+        return self.proj_in(prev_feature)
+
     def forward(self, prev_feature: torch.Tensor, new: NewTokens, mask_ratio: torch.Tensor,
                 padding: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = self.proj_in(prev_feature)
+        x = self.embed_query(prev_feature, new)
         new_emb = self.new_token_proj_in(new.embeddings.to(x.dtype))
         x_valid = None if padding is None else ~padding
         for block in self.blocks:

@@ -326,21 +326,12 @@ class AmusedShortcut(ShortcutNetwork):
                         module.weight.zero_()
                         module.bias.zero_()
 
-    def forward(self, prev_feature: torch.Tensor, new: NewTokens, mask_ratio: torch.Tensor,
-                padding: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def embed_query(self, prev_feature: torch.Tensor, new: NewTokens) -> torch.Tensor:
+        """aMUSEd features carry no explicit position: add the grid cell's 2-D code to the query stream."""
         length = prev_feature.shape[1]
         grid = getattr(new, "grid", None) or _square_grid(length)
         pos = grid_position_embedding(torch.arange(length, device=prev_feature.device), grid, self.config.feature_dim)
-        x = self.proj_in(prev_feature) + self.query_pos_proj(pos.to(prev_feature.dtype))[None]
-        new_emb = self.new_token_proj_in(new.embeddings.to(x.dtype))
-        x_valid = None if padding is None else ~padding
-        for block in self.blocks:
-            x = block(x, new_emb, new.valid, x_valid)
-        x = self.last_layer(x)
-        if self.config.embed_time:
-            scale, shift = self.adaLN_modulation(self.time_embedder(mask_ratio * 1000)).unsqueeze(1).chunk(2, dim=-1)
-            x = x * (1 + scale) + shift
-        return self.proj_out(x) + prev_feature
+        return self.proj_in(prev_feature) + self.query_pos_proj(pos.to(prev_feature.dtype))[None]
 
     @classmethod
     def config_from_state_dict(cls, state: dict, num_heads: Optional[int] = None) -> ShortcutConfig:
