@@ -42,8 +42,7 @@ def main() -> int:
     args = parser.parse_args()
     generator = load_generator(args.generator, device=args.device)
     shortcut = load_shortcut(shortcut_path(args.shortcut), generator)
-    fields = SamplerSettings.__dataclass_fields__
-    base_settings = SamplerSettings(**{k: v for k, v in generator.default_settings.items() if k in fields})
+    base_settings = SamplerSettings.for_generator(generator)
     base_settings.steps = args.steps
     condition = Condition(labels=[i % generator.num_classes for i in range(args.batch)])
 

@@ -107,8 +107,7 @@ def main() -> int:
         torch.set_num_threads(2)
         generator_name = demo_shaped_generator(work / "demo_shaped.safetensors")
         generator = load_generator(generator_name, device="cpu")
-        fields = SamplerSettings.__dataclass_fields__
-        settings = SamplerSettings(**{k: v for k, v in generator.default_settings.items() if k in fields})
+        settings = SamplerSettings.for_generator(generator)
         settings.steps, settings.seed = 16, 1000
         data = work / "traj"
         started = time.time()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import fields
 from typing import Optional
 
 import torch
@@ -38,7 +37,6 @@ PREVIEW_SHARE = 0.1
 PREVIEW_MIN_SIDE = 256
 PREVIEW_MAX_SIDE = 512
 MASKED_GREY = 0.5
-_SETTING_FIELDS = {f.name for f in fields(SamplerSettings)}
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -129,8 +127,7 @@ def make_settings(generator, steps: int, budget: Optional[int], cfg: float, cfg_
                   preset: str = PRESET_WIDGETS) -> tuple[SamplerSettings, Optional[str]]:
     """Settings and an optional warning: the generator's own defaults (e.g. its confidence rule), then the
     widgets, except those the preset replaces (see the preset widget's tooltip)."""
-    defaults = {k: v for k, v in dict(generator.default_settings).items() if k in _SETTING_FIELDS}
-    base = SamplerSettings(**defaults)
+    base = SamplerSettings.for_generator(generator)
     warning = None
     if preset in (None, "", PRESET_WIDGETS):
         settings = with_overrides(base, steps=int(steps), budget=budget, cfg_scale=float(cfg), cfg_ramp=bool(cfg_ramp),

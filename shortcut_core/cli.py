@@ -96,8 +96,7 @@ def run_sample(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     generator = load_generator(args.generator, device=args.device, dtype=args.dtype)
-    defaults = dict(generator.default_settings)
-    settings = SamplerSettings(**{k: v for k, v in defaults.items() if k in SamplerSettings.__dataclass_fields__})
+    settings = SamplerSettings.for_generator(generator)
     if args.preset:
         from .presets import apply_preset, check_preset
         settings = apply_preset(settings, args.preset)

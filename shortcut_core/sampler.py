@@ -46,6 +46,11 @@ class SamplerSettings:
     autocast: str = "none"
     confidence: str = "maskgit"
 
+    @classmethod
+    def for_generator(cls, generator) -> "SamplerSettings":
+        """The generator's own defaults (its ``default_settings``, other keys such as 'shortcut' ignored)."""
+        return cls(**{k: v for k, v in dict(generator.default_settings).items() if k in cls.__dataclass_fields__})
+
     def resolved_budget(self) -> int:
         return self.steps if self.budget is None else self.budget
 

@@ -127,8 +127,7 @@ def main() -> int:
         generator = load_generator(args.generator, device=device, dtype=args.dtype)
         settings = FitSettings(**{name: getattr(args, name) for name in FitSettings.__dataclass_fields__})
         if args.online:
-            fields = SamplerSettings.__dataclass_fields__
-            sampler = SamplerSettings(**{k: v for k, v in generator.default_settings.items() if k in fields})
+            sampler = SamplerSettings.for_generator(generator)
             if args.sample_steps is not None:
                 sampler.steps = args.sample_steps
             if args.cfg is not None:

@@ -79,8 +79,7 @@ def main() -> int:
                 raise ShortcutError(f"generator {generator.identity!r} has a fixed size; drop --width/--height")
             width, height = generator.image_size
             generator.set_image_size(args.width or width, args.height or height)
-        fields = SamplerSettings.__dataclass_fields__
-        settings = SamplerSettings(**{k: v for k, v in generator.default_settings.items() if k in fields})
+        settings = SamplerSettings.for_generator(generator)
         if args.steps is not None:
             settings.steps = args.steps
         if args.cfg is not None:
