@@ -42,6 +42,8 @@ class GeneratorHandle:
     name: str
     load_device: torch.device
     offload_device: torch.device
+    # (width, height) in px the generator had when loaded, for generators with a variable size; else None.
+    image_size: Optional[tuple[int, int]] = None
 
     def __repr__(self) -> str:  # shown by ComfyUI in error reports
         return f"MaskedGenerator({self.name!r}, {self.generator.identity!r})"
@@ -224,6 +226,22 @@ def load_for_use(patchers: list) -> None:
     patchers = [p for p in patchers if p is not None]
     if patchers:
         model_management().load_models_gpu(patchers, force_full_load=True)
+
+
+def use_image_size(handle: GeneratorHandle, width: int = 0, height: int = 0) -> None:
+    """Set the size the next run draws at; 0 means the size the generator was loaded with.
+
+    The generator object is shared by every node wired to one loader (ComfyUI caches it), so each node that
+    samples sets the size it needs instead of inheriting whatever the previous node chose.
+    """
+    width, height = int(width or 0), int(height or 0)
+    generator = handle.generator
+    if handle.image_size is None or not hasattr(generator, "set_image_size"):
+        if width or height:
+            raise ShortcutError(f"generator {handle.name!r} draws at one fixed size: set width and height to 0 "
+                                "(only text-to-image generators such as Lumina-DiMOO and aMUSEd take a size)")
+        return
+    generator.set_image_size(width or handle.image_size[0], height or handle.image_size[1])
 
 
 def check_interrupt() -> None:

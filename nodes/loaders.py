@@ -49,7 +49,9 @@ class LoadMaskedGenerator(io.ComfyNode):
         dtype_name = {v: k for k, v in DTYPES.items() if v is not None}[torch_dtype]
         generator = load_generator(str(path), device=offload_device, dtype=dtype_name)
         patcher = bridge.manage(generator, load_device, offload_device)
-        return io.NodeOutput(bridge.GeneratorHandle(generator, patcher, generator_name, load_device, offload_device))
+        size = getattr(generator, "image_size", None) if hasattr(generator, "set_image_size") else None
+        return io.NodeOutput(bridge.GeneratorHandle(generator, patcher, generator_name, load_device, offload_device,
+                                                    image_size=tuple(size) if size else None))
 
 
 class LoadShortcutWeights(io.ComfyNode):

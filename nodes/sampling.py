@@ -15,7 +15,8 @@ from comfy_api.latest import io
 from ..shortcut_core import Condition, SamplerSettings, ShortcutError, sample, with_overrides
 from ..shortcut_core.presets import PRESET_NAMES, apply_preset, check_preset
 from ..shortcut_core.recording import STORAGE_DTYPES, dataset_summary, record
-from ..shortcut_core.schedules import FULL_STEP_RULES, TOKEN_SCHEDULES
+from ..shortcut_core.predictors import METHOD_HELP, METHODS
+from ..shortcut_core.schedules import FULL_STEP_RULES, SEARCHED, TOKEN_SCHEDULES
 from . import bridge
 from .loaders import MaskedGeneratorType, ShortcutType
 
@@ -86,14 +87,32 @@ def sampling_inputs(budget: bool) -> list:
                        tooltip="how many tokens each step unmasks; auto = the generator's own"),
     ]
     if budget:
-        inputs.append(io.Combo.Input("full_step_rule", options=list(FULL_STEP_RULES), default="official",
+        inputs.append(io.Combo.Input("full_step_rule", options=list(FULL_STEP_RULES) + [SEARCHED], default="official",
                                      tooltip="which steps run the base model: 'official' = the released code "
-                                             "(default), 'paper' = the paper's formula"))
+                                             "(default), 'paper' = the paper's formula, 'searched' = the steps "
+                                             "that minimise the shortcut error measured on held-out "
+                                             "trajectories (needs weights that carry that table, e.g. the demo's)"))
     inputs += [
         io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
         io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="images per run"),
     ]
     return inputs
+
+
+def size_inputs() -> list:
+    """Output size for generators that take one (Lumina-DiMOO, aMUSEd); optional so older graphs still run."""
+    return [io.Int.Input(name, default=0, min=0, max=8192, step=16, optional=True,
+                         tooltip=f"image {name} in px for text-to-image generators (Lumina-DiMOO: a multiple "
+                                 "of 16, aMUSEd-512: of 32); 0 = the generator's own size. MaskGIT draws at one "
+                                 "size: leave 0.")
+            for name in ("width", "height")]
+
+
+def method_input() -> io.Combo.Input:
+    """What runs on the steps that skip the base model; optional and last so older graphs keep their values."""
+    return io.Combo.Input("method", options=list(METHODS), default="shortcut", optional=True,
+                          tooltip="; ".join(f"{name}: {text}" for name, text in METHOD_HELP.items()) +
+                                  ". The baselines are here to compare with the shortcut at the same budget.")
 
 
 def make_condition(generator, batch_size: int, class_name: str, class_index: int = -1, prompt: str = "",
@@ -253,6 +272,8 @@ class ShortcutMaskedSampler(io.ComfyNode):
                                    tooltip="from Load Shortcut Weights; leave unconnected for the vanilla sampler"),
                 *condition_inputs(),
                 *sampling_inputs(budget=True),
+                *size_inputs(),
+                method_input(),
             ],
             outputs=[io.Image.Output(display_name="images"),
                      TokensType.Output(display_name="tokens")],
@@ -266,9 +287,11 @@ class ShortcutMaskedSampler(io.ComfyNode):
     def execute(cls, generator, steps: int, budget: int, cfg: float, cfg_ramp: bool, sm_temp: float, r_temp: float,
                 schedule: str, full_step_rule: str, seed: int, batch_size: int, class_name: str = CYCLE_CLASSES,
                 class_index: int = -1, prompt: str = "", negative_prompt: str = "", shortcut=None,
-                preset: str = PRESET_WIDGETS, **kwargs) -> io.NodeOutput:
+                preset: str = PRESET_WIDGETS, width: int = 0, height: int = 0, method: str = "shortcut",
+                **kwargs) -> io.NodeOutput:
         handle = _generator(generator)
         gen = handle.generator
+        bridge.use_image_size(handle, width, height)
         problem = budget_problem(steps, budget)
         if problem:
             raise ShortcutError(problem)
@@ -281,10 +304,14 @@ class ShortcutMaskedSampler(io.ComfyNode):
                                     "connect the same generator to Load Shortcut Weights and to this sampler")
         settings, warning = make_settings(gen, steps, int(budget), cfg, cfg_ramp, sm_temp, r_temp, schedule,
                                           full_step_rule, seed, preset)
-        if shortcut is None:  # without shortcut weights every step runs the base model: the vanilla sampler
+        if method not in METHODS:
+            raise ShortcutError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        settings.method = method
+        if shortcut is None and method == "shortcut":  # no weights: every step runs the base model (vanilla)
             settings.budget = settings.steps
         condition = make_condition(gen, int(batch_size), class_name, class_index, prompt, negative_prompt)
-        network = shortcut.network if shortcut is not None and settings.resolved_budget() < settings.steps else None
+        network = shortcut.network if shortcut is not None and (
+            settings.resolved_budget() < settings.steps or settings.full_step_rule == SEARCHED) else None
         bridge.load_for_use([handle.patcher, shortcut.patcher if network is not None else None])
         reporter = StepReporter(gen, settings.steps, settings.steps)
         result = sample(gen, condition, settings, shortcut=network, batch_size=int(batch_size), callback=reporter)
@@ -293,25 +320,27 @@ class ShortcutMaskedSampler(io.ComfyNode):
         tokens = {"codes": result.codes.detach().cpu(), "grid": list(gen.grid_size), "generator": gen.identity,
                   "full_steps": list(result.full_steps), "decode_order": result.decode_order.detach().cpu()
                   if result.decode_order is not None else None}
-        stats = run_stats(settings, result, shortcut_connected=shortcut is not None)
+        stats = run_stats(settings, result, shortcut_connected=shortcut is not None or method != "shortcut")
         if warning:
             stats["summary"] += f"; note: {warning}"
         return io.NodeOutput(images, tokens, ui={"shortcut_stats": [stats], "text": [stats["summary"]]})
 
 
 def run_stats(settings: SamplerSettings, result, shortcut_connected: bool) -> dict:
-    steps, budget = settings.steps, settings.resolved_budget()
+    steps, budget, method = settings.steps, settings.resolved_budget(), settings.method
     ratio = (result.shortcut_call_ms / result.base_call_ms
              if result.shortcut_calls and result.base_calls and result.base_call_ms > 0 else None)
     cost = ratio if ratio is not None else ASSUMED_SHORTCUT_COST
-    expected = steps / (budget + (steps - budget) * cost)
-    summary = (f"{steps} steps, {result.base_calls} base + {result.shortcut_calls} shortcut calls "
-               f"(full steps {result.full_steps}); {result.seconds:.2f} s")
+    expected = steps / budget if method == "fewer_steps" else steps / (budget + (steps - budget) * cost)
+    summary = (f"{result.steps_run} of {steps} steps, {result.base_calls} base + {result.shortcut_calls} {method} "
+               f"calls (full steps {result.full_steps}); {result.seconds:.2f} s")
     if ratio is not None:
-        summary += f"; shortcut call = {ratio:.3f} of a base call, speedup {expected:.2f}x"
+        summary += f"; {method} call = {ratio:.3f} of a base call, speedup {expected:.2f}x"
+    elif method == "fewer_steps" and budget < steps:
+        summary += f"; vanilla with {budget} steps, speedup {expected:.2f}x"
     if not shortcut_connected:
         summary += "; no shortcut connected: vanilla sampler (budget ignored)"
-    return {"steps": steps, "budget": budget, "full_steps": list(result.full_steps),
+    return {"steps": steps, "budget": budget, "method": method, "full_steps": list(result.full_steps),
             "base_calls": result.base_calls, "shortcut_calls": result.shortcut_calls,
             "base_call_ms": round(result.base_call_ms, 3), "shortcut_call_ms": round(result.shortcut_call_ms, 3),
             "seconds": round(result.seconds, 4), "measured_ratio": ratio, "expected_speedup": round(expected, 3),
@@ -360,6 +389,7 @@ class TrajectoryRecorderNode(io.ComfyNode):
                 preset: str = PRESET_WIDGETS, **kwargs) -> io.NodeOutput:
         handle = _generator(generator)
         gen = handle.generator
+        bridge.use_image_size(handle)  # recordings (and the shortcuts fitted on them) use the generator's own size
         name = (dataset_name or "").strip()
         if not _DATASET_NAME.match(name) or ".." in name:
             raise ShortcutError(f"dataset_name {dataset_name!r} must be a plain folder name (letters, digits, "

@@ -13,7 +13,8 @@ import torch
 from .generator import Condition, ShortcutError
 from .registry import load_generator, shortcut_path
 from .sampler import SamplerSettings, StepInfo, sample
-from .schedules import FULL_STEP_RULES, TOKEN_SCHEDULES
+from .predictors import METHOD_HELP, METHODS
+from .schedules import FULL_STEP_RULES, SEARCHED, TOKEN_SCHEDULES
 from .weights import load_shortcut
 
 
@@ -72,7 +73,11 @@ def _add_sample(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps N")
     p.add_argument("--budget", type=int, default=None, help="steps that run the base model B (default: N)")
     p.add_argument("--full-steps", default=None, help="explicit 0-based full steps, e.g. 0,3,5")
-    p.add_argument("--full-step-rule", choices=FULL_STEP_RULES, default="official")
+    p.add_argument("--full-step-rule", choices=FULL_STEP_RULES + (SEARCHED,), default="official",
+                   help="which steps run the base model; 'searched' needs weights with a step-error table "
+                        "(train/search_schedule.py)")
+    p.add_argument("--method", choices=METHODS, default="shortcut",
+                   help="what runs on the other steps: " + "; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items()))
     p.add_argument("--schedule", choices=TOKEN_SCHEDULES, default=None)
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale w")
     p.add_argument("--no-cfg-ramp", action="store_true", help="constant guidance instead of the linear ramp")
@@ -105,7 +110,7 @@ def run_sample(args: argparse.Namespace) -> int:
             print(f"warning: {warning}", file=sys.stderr)
     overrides = {"steps": args.steps, "budget": args.budget, "schedule": args.schedule, "cfg_scale": args.cfg,
                  "sm_temp": args.sm_temp, "r_temp": args.r_temp, "seed": args.seed, "autocast": args.autocast,
-                 "full_step_rule": args.full_step_rule}
+                 "full_step_rule": args.full_step_rule, "method": args.method}
     for key, value in overrides.items():
         if value is not None:
             setattr(settings, key, value)
@@ -116,10 +121,12 @@ def run_sample(args: argparse.Namespace) -> int:
         settings.budget = len(set(settings.full_steps))
     settings.validate()
     shortcut = None
-    wants_shortcut = settings.resolved_budget() < settings.steps
+    wants_shortcut = settings.method == "shortcut" and (
+        settings.resolved_budget() < settings.steps or settings.full_step_rule == SEARCHED)
     shortcut_name = args.shortcut or (generator.default_settings.get("shortcut") if wants_shortcut else None)
     if shortcut_name and shortcut_name != "none":
         shortcut = load_shortcut(shortcut_path(shortcut_name), generator)
+    settings.full_step_list(shortcut)  # a bad searched-schedule request fails before any work
     if generator.condition_kind == "text":
         from .backends.dimoo import text_condition_from_args
         batch = args.batch or len(args.prompt or []) or 1
@@ -141,8 +148,9 @@ def run_sample(args: argparse.Namespace) -> int:
     bar.close()
     images = generator.decode(result.codes)
     paths = save_images(images, Path(args.out), grid=not args.separate)
-    summary = {"generator": generator.identity, "steps": settings.steps, "budget": settings.resolved_budget(),
-               "full_steps": result.full_steps, "base_calls": result.base_calls,
+    summary = {"generator": generator.identity, "method": settings.method, "steps": settings.steps,
+               "budget": settings.resolved_budget(),
+               "steps_run": result.steps_run, "full_steps": result.full_steps, "base_calls": result.base_calls,
                "shortcut_calls": result.shortcut_calls, "seconds": round(result.seconds, 4),
                "base_call_ms": round(result.base_call_ms, 3), "shortcut_call_ms": round(result.shortcut_call_ms, 3),
                "labels": labels, "class_names": names, "prompts": condition.prompts, "seed": settings.seed,
@@ -150,9 +158,11 @@ def run_sample(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{generator.identity}: {batch} image(s), {settings.steps} steps, budget {settings.resolved_budget()} "
-              f"(full steps {result.full_steps}); {result.base_calls} base calls at {result.base_call_ms:.1f} ms, "
-              f"{result.shortcut_calls} shortcut calls at {result.shortcut_call_ms:.1f} ms; "
+        predicted = (f", {result.shortcut_calls} {settings.method} calls at {result.shortcut_call_ms:.1f} ms"
+                     if result.shortcut_calls else "")
+        print(f"{generator.identity}: {batch} image(s), {settings.steps} steps, budget {settings.resolved_budget()}, "
+              f"method {settings.method} (ran {result.steps_run} steps, full {result.full_steps}); "
+              f"{result.base_calls} base calls at {result.base_call_ms:.1f} ms{predicted}; "
               f"{result.seconds:.2f} s; wrote {', '.join(paths)}")
     return 0
 
@@ -162,7 +172,10 @@ SUBCOMMANDS: list[tuple[str, Callable]] = [("sample", _add_sample)]
 
 from .convert import add_convert_parser  # noqa: E402
 
+from .bench import add_bench_parser  # noqa: E402
+
 SUBCOMMANDS.append(("convert", add_convert_parser))
+SUBCOMMANDS.append(("bench", add_bench_parser))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -6,7 +6,8 @@ linearly to 0, keep the top-k(i) (k from the token schedule). ``confidence="dimo
 instead: log-probability under softmax of the UNscaled (guided) logits plus a constant ``r_temp`` x Gumbel. CFG is ``(1 + w_i) c - w_i u`` with
 ``w_i = w * i / (N - 1)`` when ramped. On a shortcut step the feature comes from
 ``shortcut(previous feature, tokens decoded at the previous step, masked fraction before this step)``;
-both CFG branches go through it and features chain from one shortcut step to the next.
+both CFG branches go through it and features chain from one shortcut step to the next. ``method`` swaps the
+shortcut for a training-free baseline on the same steps (``predictors.py``), or runs ``budget`` vanilla steps.
 """
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .generator import Condition, MaskedGenerator, ShortcutError
-from .schedules import FULL_STEP_RULES, TOKEN_SCHEDULES, check_steps_budget, full_steps, tokens_per_step
+from .predictors import METHODS, make_predictor
+from .schedules import (FULL_STEP_RULES, SEARCHED, TOKEN_SCHEDULES, check_steps_budget, full_steps, searched_full_steps,
+                        tokens_per_step)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,7 @@ class SamplerSettings:
     seed: int = 0
     autocast: str = "none"
     confidence: str = "maskgit"
+    method: str = "shortcut"
 
     @classmethod
     def for_generator(cls, generator) -> "SamplerSettings":
@@ -54,13 +58,19 @@ class SamplerSettings:
     def resolved_budget(self) -> int:
         return self.steps if self.budget is None else self.budget
 
-    def full_step_list(self) -> list[int]:
+    def full_step_list(self, shortcut: Optional[torch.nn.Module] = None) -> list[int]:
+        """The full steps; the ``searched`` rule reads the step-error table of the ``shortcut`` weights."""
+        if self.full_steps is None and self.full_step_rule == SEARCHED:
+            return searched_full_steps(self.steps, self.resolved_budget(), getattr(shortcut, "step_errors", None))
         return full_steps(self.steps, self.resolved_budget(), self.full_step_rule, self.full_steps)
 
     def validate(self) -> None:
         check_steps_budget(self.steps, self.resolved_budget())
-        if self.full_steps is None and self.full_step_rule not in FULL_STEP_RULES:
-            raise ShortcutError(f"full_step_rule must be one of {', '.join(FULL_STEP_RULES)}, got {self.full_step_rule!r}")
+        if self.full_steps is None and self.full_step_rule not in FULL_STEP_RULES + (SEARCHED,):
+            raise ShortcutError(f"full_step_rule must be one of {', '.join(FULL_STEP_RULES + (SEARCHED,))}, "
+                                f"got {self.full_step_rule!r}")
+        if self.method not in METHODS:
+            raise ShortcutError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.schedule not in TOKEN_SCHEDULES:
             raise ShortcutError(f"schedule must be one of {', '.join(TOKEN_SCHEDULES)}, got {self.schedule!r}")
         if self.cfg_scale < 0:
@@ -124,16 +134,24 @@ def _sync(device: torch.device) -> None:
 def sample(generator: MaskedGenerator, condition: Condition, settings: SamplerSettings,
            shortcut: Optional[torch.nn.Module] = None, batch_size: Optional[int] = None,
            callback: Optional[Callable[[StepInfo], None]] = None) -> SampleResult:
-    """Generate image codes [B, L]. Without ``shortcut`` (or with budget = steps) this is the vanilla sampler."""
+    """Generate image codes [B, L]. Without ``shortcut`` (or with budget = steps) this is the vanilla sampler.
+
+    ``settings.method`` decides the non-full steps: the shortcut (default), ``reuse``, ``taylor1`` / ``taylor2``;
+    ``fewer_steps`` runs the vanilla sampler with ``budget`` steps. Base calls are ``budget`` in every case."""
     settings.validate()
+    if settings.method == "fewer_steps" and settings.resolved_budget() < settings.steps:
+        settings = replace(settings, steps=settings.resolved_budget(), budget=None, full_steps=None,
+                           full_step_rule="official")
     batch = batch_size or len(condition.labels if condition.labels is not None else condition.prompts or [])
     if batch < 1:
         raise ShortcutError("batch size must be >= 1: give at least one class label or prompt")
     steps = settings.steps
-    full = set(settings.full_step_list())
-    if shortcut is None and len(full) < steps:
+    full = set(settings.full_step_list(shortcut))
+    predictor = make_predictor(settings.method, shortcut)
+    if predictor is None and len(full) < steps:
         raise ShortcutError(f"budget {settings.resolved_budget()} < steps {steps} needs shortcut weights; "
-                            "load them, or set budget = steps for the vanilla sampler")
+                            "load them, pick a training-free method (reuse, taylor1, taylor2, fewer_steps), "
+                            "or set budget = steps for the vanilla sampler")
     device = generator.device
     guidance = settings.cfg_scale != 0
     ctx = generator.prepare(condition, batch, guidance)
@@ -163,9 +181,11 @@ def sample(generator: MaskedGenerator, condition: Condition, settings: SamplerSe
         with amp:
             if is_full:
                 feature = generator.features(codes, masked, ctx)
+                if predictor is not None:
+                    predictor.observe(index, feature)
             else:
-                new = generator.new_tokens(codes, new_map, ctx)
-                feature = shortcut(feature, new, mask_ratio.repeat(ctx.branches), ctx.padding)
+                new = generator.new_tokens(codes, new_map, ctx) if predictor.needs_new_tokens else None
+                feature = predictor.predict(index, feature, new, mask_ratio.repeat(ctx.branches), ctx.padding)
         _sync(device)
         elapsed = time.perf_counter() - t0
         if is_full:

@@ -15,6 +15,7 @@ import torch
 from .generator import ShortcutError
 
 FULL_STEP_RULES = ("official", "paper")
+SEARCHED = "searched"  # full steps chosen by ``search_full_steps`` from a measured step-error table
 TOKEN_SCHEDULES = ("arccos", "cosine", "linear", "square", "root", "dimoo_cosine", "amused_cosine")
 
 
@@ -51,6 +52,63 @@ def full_steps(steps: int, budget: int, rule: str = "official",
     if rule == "paper":
         return [(j * steps) // budget for j in range(budget)]
     raise ShortcutError(f"full-step rule must be one of {', '.join(FULL_STEP_RULES)} or an explicit list, got {rule!r}")
+
+
+def schedule_error(errors, full: Sequence[int]) -> float:
+    """Summed error of the non-full steps when each chains from the last full step before it.
+
+    ``errors[i][j]`` (j > i) is the measured error of the predicted feature at step j when step i was the last
+    full one (a chain of j - i shortcut calls); full steps cost nothing."""
+    chosen = sorted(set(int(s) for s in full))
+    total, last = 0.0, None
+    for j in range(len(errors)):
+        if j in chosen:
+            last = j
+        else:
+            total += float(errors[last][j])
+    return total
+
+
+def search_full_steps(errors, budget: int) -> list[int]:
+    """The ``budget`` full steps (step 0 always among them) with the least ``schedule_error`` (exact, by dynamic
+    programming over the position of the next full step: O(N^2 B))."""
+    steps = len(errors)
+    check_steps_budget(steps, budget)
+    table = [[float(errors[i][j]) if j > i else 0.0 for j in range(steps)] for i in range(steps)]
+    # segment[i][k]: error of steps i+1 .. k-1 chained from full step i (k = steps: to the end)
+    segment = [[0.0] * (steps + 1) for _ in range(steps)]
+    for i in range(steps):
+        for k in range(i + 2, steps + 1):
+            segment[i][k] = segment[i][k - 1] + table[i][k - 1]
+    inf = float("inf")
+    # best[b][i]: least error from step i on, with i full and b more full steps to place after it
+    best = [[inf] * steps for _ in range(budget)]
+    choice = [[-1] * steps for _ in range(budget)]
+    for i in range(steps):
+        best[0][i] = segment[i][steps]
+    for b in range(1, budget):
+        for i in range(steps):
+            for k in range(i + 1, steps - b + 1):
+                cost = segment[i][k] + best[b - 1][k]
+                if cost < best[b][i]:
+                    best[b][i], choice[b][i] = cost, k
+    chosen, i = [0], 0
+    for b in range(budget - 1, 0, -1):
+        i = choice[b][i]
+        chosen.append(i)
+    return chosen
+
+
+def searched_full_steps(steps: int, budget: int, tables: Optional[dict]) -> list[int]:
+    """``search_full_steps`` on the table measured for ``steps`` (tables: steps -> [N, N] errors)."""
+    check_steps_budget(steps, budget)
+    if not tables:
+        raise ShortcutError("full_step_rule 'searched' needs shortcut weights that carry a measured step-error "
+                            "table (train/search_schedule.py adds one); these have none: use 'official'")
+    if steps not in tables:
+        raise ShortcutError(f"the shortcut's step-error table was measured for steps {sorted(tables)}, not "
+                            f"{steps}: pick one of those step counts or use full_step_rule 'official'")
+    return search_full_steps(tables[steps], budget)
 
 
 def tokens_per_step(steps: int, num_tokens: int, schedule: str = "arccos") -> list[int]:

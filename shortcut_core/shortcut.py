@@ -208,13 +208,14 @@ class ShortcutNetwork(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-# Architecture name -> class, or "module:Class" imported on first use (keeps heavy backends lazy).
+# Architecture name -> class, or "module:Class" imported on first use (keeps heavy backends lazy). Module names
+# starting with "." are relative to this package: inside ComfyUI it is imported as <pack folder>.shortcut_core.
 # A class must take a ShortcutConfig; for weights without metadata it also needs a classmethod
 # ``config_from_state_dict(state, num_heads)``.
 SHORTCUT_ARCHS: dict[str, object] = {
     "maskgit": ShortcutNetwork,
-    "dimoo": "shortcut_core.backends.dimoo:DimooShortcut",
-    "amused": "shortcut_core.backends.amused:AmusedShortcut",
+    "dimoo": ".backends.dimoo:DimooShortcut",
+    "amused": ".backends.amused:AmusedShortcut",
 }
 
 
@@ -225,7 +226,7 @@ def shortcut_class(arch: str):
     if isinstance(target, str):
         import importlib
         module, _, name = target.partition(":")
-        target = getattr(importlib.import_module(module), name)
+        target = getattr(importlib.import_module(module, package=__package__), name)
         SHORTCUT_ARCHS[arch] = target
     return target
 

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 SHORTCUT_FORMAT = "migm-shortcut"
 GENERATOR_FORMAT = "migm-generator"
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+STEP_ERRORS_PREFIX = "step_errors."  # + N: measured [N, N] shortcut error table for the searched schedule
 
 
 def atomic_write(path: Path, write) -> None:
@@ -101,7 +102,12 @@ def save_shortcut(path: Path, network: torch.nn.Module, generator_info: dict, tr
                 "generator_info": generator_info}
     if training:
         metadata["training"] = training
-    save_safetensors(path, network.state_dict(), metadata)
+    tensors = dict(network.state_dict())
+    for steps, table in (getattr(network, "step_errors", None) or {}).items():
+        tensors[f"{STEP_ERRORS_PREFIX}{int(steps)}"] = table.detach().float().cpu().contiguous()
+    if getattr(network, "step_errors_info", None):
+        metadata["step_errors"] = network.step_errors_info
+    save_safetensors(path, tensors, metadata)
 
 
 def load_shortcut(path: Path, generator: Optional[MaskedGenerator] = None, num_heads: Optional[int] = None,
@@ -113,6 +119,8 @@ def load_shortcut(path: Path, generator: Optional[MaskedGenerator] = None, num_h
     """
     path = Path(path)
     state = load_tensors(path)
+    step_errors = {int(k[len(STEP_ERRORS_PREFIX):]): state.pop(k) for k in list(state)
+                   if k.startswith(STEP_ERRORS_PREFIX)}
     metadata = read_metadata(path) if path.suffix == ".safetensors" else {}
     if metadata.get("format") == SHORTCUT_FORMAT:
         config = ShortcutConfig.from_dict(metadata["config"])
@@ -155,6 +163,8 @@ def load_shortcut(path: Path, generator: Optional[MaskedGenerator] = None, num_h
         raise ShortcutError(f"{path}: weights do not fit a {config.arch} shortcut of this shape "
                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     network.eval()
+    network.step_errors = step_errors
+    network.step_errors_info = metadata.get("step_errors") if step_errors else None
     if generator is not None:
         network.to(device=generator.device, dtype=generator.dtype)
     return network

@@ -2,10 +2,11 @@
 
 Runs only when ``COMFYUI_DIR`` (a ComfyUI work tree) and ``COMFYUI_PYTHON`` (the python of its venv) are set;
 skipped otherwise. Starts its own server on a free port with this pack linked into a temporary custom_nodes
-folder and tiny random weights in temporary model folders (the embedded demo weights are used when present),
-queues every bundled API workflow, cancels a run half-way, sends a bad budget, and drives the front end
-(``chromium``, or ``CHROMIUM``) through the DevTools protocol on a pipe to screenshot the sampler's schedule
-strip before and after a budget change. Screenshots go to ``MIGM_SCREENSHOT_DIR`` (default: a temp folder);
+folder and tiny random weights in temporary model folders (the embedded demo weights are used when present; the
+real-model templates get tiny models in the real file formats under the names they use), queues every bundled
+API workflow, runs the three aMUSEd steps (record, fit, sample), cancels a run half-way, sends a bad budget, and
+drives the front end (``chromium``, or ``CHROMIUM``) through the DevTools protocol on a pipe to screenshot the
+sampler's schedule strip before and after a budget change. Screenshots go to ``MIGM_SCREENSHOT_DIR`` (default: a temp folder);
 their paths are printed (``pytest -s``).
 """
 from __future__ import annotations
@@ -154,6 +155,66 @@ def _make_tiny_weights(models: Path) -> None:
                   ShortcutNetwork(ShortcutConfig(feature_dim=32, num_heads=4)), {"generator": "else"})
 
 
+# Real-backend workflows: the names README tells users to put in the model folders. The live server gets tiny
+# random models in the same on-disk formats under these names, built by the backends' own test builders.
+MASKGIT_TRANSFORMER = "pretrained_maskgit/MaskGIT/MaskGIT_ImageNet_512.pth"
+MASKGIT_SHORTCUT = "maskgit-shortcut.pth"
+DIMOO_FOLDER = "Lumina-DiMOO"
+DIMOO_SHORTCUT = "dimoo-shortcut.pth"
+AMUSED_FOLDER = "amused-256"
+AMUSED_SHORTCUT = "amused-256-shortcut.safetensors"
+AMUSED_DATASET = "amused256_trajectories"
+# workflow -> why it cannot run here; filled by _make_real_format_models
+UNAVAILABLE: dict[str, str] = {}
+
+
+def _missing_packages(python: str) -> str:
+    """What the Lumina-DiMOO and aMUSEd backends need (the pack's requirements.txt) and ``python`` lacks."""
+    check = subprocess.run([python, "-c", "import diffusers, transformers"], capture_output=True, text=True)
+    if check.returncode == 0:
+        return ""
+    return f"{check.stderr.strip().splitlines()[-1]} for {python} (pip install -r requirements.txt with it)"
+
+
+def _make_real_format_models(models: Path) -> None:
+    """Official MaskGIT files (.pth + taming last.ckpt + model.yaml), a Lumina-DiMOO folder (sharded safetensors,
+    tokenizer, vqvae/) with a DiMOO-Shortcut state dict, and an aMUSEd diffusers folder with shortcut weights in the
+    format train/fit_shortcut.py writes. Random tiny weights: the images are noise, the code paths are the real
+    ones."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import torch
+    from shortcut_core.registry import load_generator
+    from shortcut_core.shortcut import build_shortcut
+    from shortcut_core.weights import save_shortcut
+    from test_maskgit_official import write_official_files
+
+    generators, shortcuts = models / "masked_generators", models / "shortcut"
+    files = write_official_files(generators, grid=32)  # 32 x 32 tokens: the 512 px model's grid
+    files["shortcut"].rename(shortcuts / MASKGIT_SHORTCUT)
+    files["shortcut"].parent.rmdir()
+    assert files["transformer"] == generators / MASKGIT_TRANSFORMER
+
+    missing = _missing_packages(sys.executable) or _missing_packages(COMFYUI_PYTHON)
+    if missing:
+        for name in ("dimoo_text_to_image_shortcut", "amused_record_trajectories", "amused_text_to_image_shortcut"):
+            UNAVAILABLE[name] = f"models/masked_generators/{DIMOO_FOLDER}/ and {AMUSED_FOLDER}/ need {missing}"
+        return
+    from test_amused import build_tiny_amused
+    from test_dimoo import build_tiny_folder
+
+    folder = build_tiny_folder(generators / DIMOO_FOLDER)
+    gen = load_generator(str(folder), device="cpu", dtype="fp32")
+    torch.manual_seed(2)
+    torch.save(build_shortcut(gen.default_shortcut_config()).state_dict(), shortcuts / DIMOO_SHORTCUT)
+
+    folder = build_tiny_amused(generators / AMUSED_FOLDER)
+    # the Hugging Face repository has one; it is what makes ComfyUI list the folder
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "AmusedPipeline"}))
+    gen = load_generator(str(folder), device="cpu", dtype="fp32")
+    torch.manual_seed(3)
+    save_shortcut(shortcuts / AMUSED_SHORTCUT, build_shortcut(gen.default_shortcut_config()), gen.describe())
+
+
 def _demo_present() -> bool:
     assets = ROOT / "shortcut_core" / "assets"
     return (assets / "demo_generator.safetensors").is_file() and (assets / "demo_shortcut.safetensors").is_file()
@@ -163,6 +224,7 @@ def _demo_present() -> bool:
 def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("comfyui-live")
     _make_tiny_weights(base / "models")
+    _make_real_format_models(base / "models")
     srv = Server(base)
     try:
         srv.start()
@@ -178,6 +240,9 @@ def shots(tmp_path_factory) -> Path:
     return folder
 
 
+CYCLE = "(cycle through all classes)"
+
+
 def api_workflows() -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted((ROOT / "workflows" / "api").glob("*.json"))}
 
@@ -185,13 +250,14 @@ def api_workflows() -> dict[str, dict]:
 def with_tiny_weights(graph: dict) -> dict:
     """The same graph on the tiny random weights (for when the embedded demo weights are not built)."""
     graph = json.loads(json.dumps(graph))
+    demo = {key for key, node in graph.items() if node["inputs"].get("generator_name") == "demo"}
     for node in graph.values():
         inputs = node["inputs"]
         if inputs.get("generator_name") == "demo":
             inputs["generator_name"] = "tiny_live.safetensors"
         if inputs.get("shortcut_name") == "demo":
             inputs["shortcut_name"] = "tiny_live_shortcut.safetensors"
-        if "class_name" in inputs and inputs["class_name"] != "(cycle through all classes)":
+        if inputs.get("generator", [None])[0] in demo and inputs.get("class_name", CYCLE) != CYCLE:
             inputs["class_name"] = "blob1"
     return graph
 
@@ -243,6 +309,12 @@ def test_pack_loads_without_import_error(server):
         assert info[node]["category"] == "sampling/shortcut"
     generators = info["MIGMLoadMaskedGenerator"]["input"]["required"]["generator_name"][1]["options"]
     assert generators[0] == "demo" and "tiny_live.safetensors" in generators
+    shortcuts = info["MIGMLoadShortcutWeights"]["input"]["required"]["shortcut_name"][1]["options"]
+    # the real-backend files are listed under the names README gives
+    assert MASKGIT_TRANSFORMER in generators and MASKGIT_SHORTCUT in shortcuts
+    if not UNAVAILABLE:
+        assert {DIMOO_FOLDER + "/", AMUSED_FOLDER + "/"} <= set(generators), generators
+        assert {DIMOO_SHORTCUT, AMUSED_SHORTCUT} <= set(shortcuts), shortcuts
     templates = server.get("/workflow_templates")
     assert set(templates.get(PACK_NAME, [])) >= set(api_workflows()), templates
     assert server.get(f"/extensions/{PACK_NAME}/schedule.js")  # served from WEB_DIRECTORY
@@ -252,14 +324,21 @@ def test_pack_loads_without_import_error(server):
 
 @pytest.mark.parametrize("name", sorted(api_workflows()))
 def test_bundled_api_workflow_runs(server, name):
+    if name in UNAVAILABLE:
+        pytest.skip(UNAVAILABLE[name])
     graph = api_workflows()[name]
     if not _demo_present():
         graph = with_tiny_weights(graph)  # demo weights not built in this checkout: same graph, tiny weights
-    entry = server.wait(server.queue(graph))
+    entry = server.wait(server.queue(graph), timeout=600)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-2000:]
     batches = [n["inputs"]["batch_size"] for n in graph.values() if n["class_type"] == "MIGMShortcutMaskedSampler"]
     if batches:
         assert_real_images(server, entry, sum(batches))
+    for node_id, node in graph.items():
+        if node["class_type"] == "MIGMShortcutMaskedSampler" and "shortcut" in node["inputs"]:
+            stats = entry["outputs"][node_id]["shortcut_stats"][0]
+            assert stats["shortcut_calls"] > 0 and stats["base_calls"] < stats["steps"], stats
+            print(f"{name}: {stats['summary']}")
     for node_id, node in graph.items():
         if node["class_type"] == "MIGMTrajectoryRecorder":
             text = entry["outputs"][node_id]["text"][0]
@@ -267,6 +346,36 @@ def test_bundled_api_workflow_runs(server, name):
             index = json.loads((folder / "index.json").read_text())
             assert index["trajectories"] > 0 and f"{index['trajectories']} trajectories" in text
             assert f"{index['bytes']} bytes" in text
+
+
+def test_amused_record_fit_sample_as_the_readme_says(server):
+    """README's three aMUSEd steps: record in ComfyUI, fit with train/fit_shortcut.py on the recorded folder into
+    models/shortcut, sample with the fitted weights in ComfyUI."""
+    name = "amused_text_to_image_shortcut"
+    if name in UNAVAILABLE:
+        pytest.skip(UNAVAILABLE[name])
+    workflows = api_workflows()
+    recorded = server.wait(server.queue(workflows["amused_record_trajectories"]), timeout=600)
+    assert recorded["status"]["status_str"] == "success", json.dumps(recorded["status"])[-2000:]
+    models = server.base / "models"
+    out = models / "shortcut" / AMUSED_SHORTCUT
+    before = out.stat().st_mtime_ns
+    fit = subprocess.run([sys.executable, str(ROOT / "train" / "fit_shortcut.py"),
+                          "--data", str(server.output / AMUSED_DATASET),
+                          "--generator", str(models / "masked_generators" / AMUSED_FOLDER), "--out", str(out),
+                          "--steps", "20", "--batch-size", "8", "--val-fraction", "0.25", "--device", "cpu",
+                          "--no-progress"],
+                         capture_output=True, text=True, timeout=900, cwd=ROOT,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    report = json.loads(fit.stdout.strip().splitlines()[-1])
+    assert out.stat().st_mtime_ns != before and report["val_trajectories"] > 0
+    entry = server.wait(server.queue(workflows[name]), timeout=600)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-2000:]
+    stats = next(v["shortcut_stats"][0] for v in entry["outputs"].values() if "shortcut_stats" in v)
+    assert stats["shortcut_calls"] > 0, stats
+    print(f"aMUSEd in ComfyUI: recorded, fitted {report['train_trajectories']} trajectories in "
+          f"{report['seconds']:.0f} s, sampled: {stats['summary']}")
 
 
 def test_shortcut_faster_calls_reported_and_vanilla_same_as_budget_equal_steps(server):
@@ -640,6 +749,72 @@ branch in `ComfyUI/output/<dataset_name>` (safetensors shards + index.json). It 
 and bytes the folder holds. Re-running with more `batches` resumes: recorded batches are skipped.
 Fit shortcut weights on the folder with the pack's command line (see the README)."""
 
+NOTE_MASKGIT = """## MaskGIT-512 with the official MaskGIT-Shortcut weights
+
+Download (see the pack's README, "Real MaskGIT weights") and put the files here:
+
+* `models/masked_generators/pretrained_maskgit/MaskGIT/MaskGIT_ImageNet_512.pth` (HF `llvictorll/Maskgit-pytorch`)
+* `models/masked_generators/pretrained_maskgit/VQGAN/last.ckpt` and `model.yaml` (same repository; found from the
+  transformer in `../VQGAN/`)
+* `models/shortcut/maskgit-shortcut.pth` (HF `Kaiwen-Zhu/MIGM-Shortcut`, `MaskGIT-Shortcut/maskgit-shortcut.pth`)
+
+Preset `maskgit512-N15-B7` is the paper's run: 15 steps, 7 on the base model, 8 on the shortcut (paper: 1.94x,
+FID 8.90 against 7.60 for all 15 steps). It sets steps, budget, cfg 2.8 with ramp, r_temp 7 and arccos.
+`class_name`: any ImageNet class."""
+
+NOTE_DIMOO = """## Lumina-DiMOO text to image with DiMOO-Shortcut
+
+Download (see the pack's README, "Lumina-DiMOO") and put the files here:
+
+* `models/masked_generators/Lumina-DiMOO/`: the whole HF repository `Alpha-VLLM/Lumina-DiMOO` (config.json, the
+  model-*.safetensors shards, the tokenizer files, vqvae/). It is listed as `Lumina-DiMOO/`.
+* `models/shortcut/dimoo-shortcut.pth` (HF `Kaiwen-Zhu/MIGM-Shortcut`, `DiMOO-Shortcut/dimoo-shortcut.pth`)
+
+Preset `generator defaults` = DiMOO's own sampler (cfg 4 without ramp, its temperature and cosine schedule).
+64 steps with budget 14: the paper reports 4.0x at almost unchanged ImageReward (budget 9: 5.8x).
+Width and height: multiples of 16 px. About 16 GB of weights in bf16: a 24 GB GPU is the practical minimum."""
+
+NOTE_AMUSED_REC = """## aMUSEd, step 1 of 3: record trajectories
+
+No shortcut weights are published for aMUSEd: record, fit, then sample (README, "aMUSEd").
+
+* `models/masked_generators/amused-256/`: the whole HF repository `amused/amused-256` (listed as `amused-256/`).
+* The recorder samples with all 12 steps full and writes shards to `output/amused256_trajectories/`: 2
+  trajectories (cond, uncond) of 4.7 MB (fp16) per image.
+* One prompt per run. Change the prompt, raise `batches` and queue again to add images of other prompts (batches
+  already recorded are kept). For thousands of prompts use `train/record_trajectories.py --prompts`.
+
+Step 2, fit: in the pack's folder (`ComfyUI/custom_nodes/comfyui-migm-shortcut`), with ComfyUI's python,
+`python train/fit_shortcut.py --data ../../output/amused256_trajectories --generator
+../../models/masked_generators/amused-256 --out ../../models/shortcut/amused-256-shortcut.safetensors`
+and the training settings of the README's step 2.
+
+Step 3, sample: press R, then open the template `amused_text_to_image_shortcut`."""
+
+NOTE_AMUSED = """## aMUSEd, step 3 of 3: sample with your fitted shortcut
+
+* `models/masked_generators/amused-256/`: the HF repository `amused/amused-256`.
+* `models/shortcut/amused-256-shortcut.safetensors`: written by `train/fit_shortcut.py` in step 2 (template
+  `amused_record_trajectories`). Load Shortcut Weights refuses weights fitted for another model.
+
+Preset `generator defaults` = the aMUSEd pipeline's settings (guidance 10 = cfg 9, no ramp, its cosine schedule,
+temperature 2 to 0). 12 steps, 6 on the base model. Width and height 256 (amused-512: 512, multiples of 32)."""
+
+AMUSED_SETTINGS = {"preset": "generator defaults", "steps": 12, "cfg": 9.0, "cfg_ramp": False, "sm_temp": 1.0,
+                   "r_temp": 2.0, "schedule": "amused_cosine", "control_after_generate": "fixed",
+                   "class_name": CYCLE, "class_index": -1}
+AMUSED_PROMPT = {"prompt": "a photo of a corgi on the beach, sunny day", "negative_prompt": "blurry, low quality"}
+
+
+def _loaders(generator_name: str, shortcut_name: str, y: int) -> list:
+    return [_node("gen", "MIGMLoadMaskedGenerator", [40, y],
+                  {"generator_name": generator_name, "device": "auto", "dtype": "auto"}),
+            _node("sc", "MIGMLoadShortcutWeights", [40, y + 180], {"shortcut_name": shortcut_name})]
+
+
+SAMPLER_LINKS = [["gen", 0, "sc", "generator"], ["gen", 0, "sampler", "generator"], ["sc", 0, "sampler", "shortcut"],
+                 ["sampler", 0, "save", "images"]]
+
 COMMON = {"cfg": 2.0, "cfg_ramp": True, "sm_temp": 1.0, "r_temp": 3.0, "schedule": "auto",
           "control_after_generate": "fixed", "class_name": "(cycle through all classes)", "class_index": -1}
 DEMO_GENERATOR = {"generator_name": "demo", "device": "auto", "dtype": "auto"}
@@ -691,6 +866,48 @@ WORKFLOW_SPECS = {
                          "steps": 16, "seed": 0, "batch_size": 5})],
         "links": [["gen", 0, "rec", "generator"]],
         "note": NOTE_REC},
+    "maskgit512_class_to_image_shortcut": {
+        "nodes": [_node("note", "MarkdownNote", [40, 40], size=[420, 380]),
+                  *_loaders(MASKGIT_TRANSFORMER, MASKGIT_SHORTCUT, 460),
+                  _node("sampler", "MIGMShortcutMaskedSampler", [500, 40],
+                        {"class_name": "tabby", "class_index": -1, "preset": "maskgit512-N15-B7", "steps": 15,
+                         "budget": 7, "cfg": 2.8, "cfg_ramp": True, "sm_temp": 1.0, "r_temp": 7.0,
+                         "schedule": "arccos", "full_step_rule": "official", "seed": 0,
+                         "control_after_generate": "fixed", "batch_size": 4}),
+                  _node("save", "SaveImage", [1000, 40], {"filename_prefix": "migm_maskgit512"}, [420, 420])],
+        "links": SAMPLER_LINKS,
+        "note": NOTE_MASKGIT},
+    "dimoo_text_to_image_shortcut": {
+        "nodes": [_node("note", "MarkdownNote", [40, 40], size=[420, 380]),
+                  *_loaders(DIMOO_FOLDER + "/", DIMOO_SHORTCUT, 460),
+                  _node("sampler", "MIGMShortcutMaskedSampler", [500, 40],
+                        {"class_name": CYCLE, "class_index": -1, "preset": "generator defaults",
+                         "steps": 64, "budget": 14, "cfg": 4.0, "cfg_ramp": False, "sm_temp": 1.0, "r_temp": 1.0,
+                         "schedule": "dimoo_cosine", "full_step_rule": "official", "seed": 0,
+                         "control_after_generate": "fixed", "batch_size": 1,
+                         "prompt": "A red fox sitting in a snowy forest at golden hour, detailed fur, soft light",
+                         "negative_prompt": "blurry, low quality, distorted", "width": 1024, "height": 1024}),
+                  _node("save", "SaveImage", [1000, 40], {"filename_prefix": "migm_dimoo"}, [420, 420])],
+        "links": SAMPLER_LINKS,
+        "note": NOTE_DIMOO},
+    "amused_record_trajectories": {
+        "nodes": [_node("note", "MarkdownNote", [40, 40], size=[420, 420]),
+                  _node("gen", "MIGMLoadMaskedGenerator", [40, 500],
+                        {"generator_name": AMUSED_FOLDER + "/", "device": "auto", "dtype": "auto"}),
+                  _node("rec", "MIGMTrajectoryRecorder", [500, 40],
+                        {**AMUSED_SETTINGS, **AMUSED_PROMPT, "dataset_name": AMUSED_DATASET, "batches": 4,
+                         "storage": "fp16", "seed": 0, "batch_size": 8})],
+        "links": [["gen", 0, "rec", "generator"]],
+        "note": NOTE_AMUSED_REC},
+    "amused_text_to_image_shortcut": {
+        "nodes": [_node("note", "MarkdownNote", [40, 40], size=[420, 330]),
+                  *_loaders(AMUSED_FOLDER + "/", AMUSED_SHORTCUT, 420),
+                  _node("sampler", "MIGMShortcutMaskedSampler", [500, 40],
+                        {**AMUSED_SETTINGS, **AMUSED_PROMPT, "budget": 6, "full_step_rule": "official",
+                         "seed": 0, "batch_size": 2, "width": 256, "height": 256}),
+                  _node("save", "SaveImage", [1000, 40], {"filename_prefix": "migm_amused"}, [420, 420])],
+        "links": SAMPLER_LINKS,
+        "note": NOTE_AMUSED},
 }
 
 
@@ -723,6 +940,36 @@ def test_bundled_workflows_are_what_the_front_end_saves(page):
         assert committed["version"] == built["workflow"]["version"]
         assert json.loads(api_path.read_text()) == built["output"], name
     assert set(WORKFLOW_SPECS) == set(api_workflows())
+    assert page.errors() == []
+
+
+# Thumbnails of the real-backend templates: a screenshot of the graph in the front end (tiny random weights only
+# draw noise). The demo templates' thumbnails are images the demo drew. MIGM_REGENERATE_THUMBNAILS=1 rewrites these.
+GRAPH_THUMBNAILS = {"maskgit512_class_to_image_shortcut", "dimoo_text_to_image_shortcut", "amused_record_trajectories",
+                    "amused_text_to_image_shortcut"}
+THUMBNAIL_VIEW = {"x": 20, "y": 0, "width": 960, "height": 720}  # graph area shown, 4:3
+THUMBNAIL_SIZE = (512, 384)
+
+
+def test_graph_thumbnails(page, shots):
+    from PIL import Image
+    regenerate = os.environ.get("MIGM_REGENERATE_THUMBNAILS") == "1"
+    for name in sorted(GRAPH_THUMBNAILS):
+        path = ROOT / "workflows" / f"{name}.jpg"
+        if regenerate:
+            _load_workflow(page, name)
+            view = THUMBNAIL_VIEW
+            page.js("(async () => { app.canvas.ds.offset = [%d, %d]; app.canvas.ds.scale = 1; "
+                    "app.graph.setDirtyCanvas(true, true); app.canvas.draw(true, true); return true })()"
+                    % (-view["x"], -view["y"]))
+            time.sleep(0.5)
+            rect = page.js("(() => { const r = app.canvas.canvas.getBoundingClientRect(); "
+                           "return {x: r.left, y: r.top} })()")
+            shot = page.screenshot(shots / f"{name}.png", {**view, "x": rect["x"], "y": rect["y"]})
+            Image.open(shot).convert("RGB").resize(THUMBNAIL_SIZE, Image.LANCZOS).save(path, quality=90)
+            print("thumbnail:", path)
+        with Image.open(path) as image:
+            assert image.format == "JPEG" and image.size == THUMBNAIL_SIZE, name
     assert page.errors() == []
 
 

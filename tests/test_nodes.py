@@ -468,6 +468,23 @@ def test_without_shortcut_or_with_budget_equal_steps_it_is_the_vanilla_sampler(p
     assert full_budget.ui["shortcut_stats"][0]["shortcut_calls"] == 0
 
 
+def test_method_widget_runs_the_baselines_on_equal_terms(pack, comfy):
+    gen, sc = load_tiny(pack)
+    core = pack.core
+    for method in ("reuse", "taylor1", "taylor2"):  # training-free: no shortcut weights needed
+        out = run(pack.sampling.ShortcutMaskedSampler, generator=gen, **sampler_inputs(pack, budget=3, method=method))
+        stats = out.ui["shortcut_stats"][0]
+        assert (stats["method"], stats["base_calls"], stats["shortcut_calls"]) == (method, 3, 5)
+        assert stats["vanilla"] is False and method in stats["summary"]
+    fewer = run(pack.sampling.ShortcutMaskedSampler, generator=gen, shortcut=sc,
+                **sampler_inputs(pack, budget=3, method="fewer_steps"))
+    settings = core.SamplerSettings(steps=3, cfg_scale=2.0, cfg_ramp=True, sm_temp=1.0, r_temp=3.0, seed=3)
+    assert torch.equal(fewer.args[1]["codes"], core.sample(gen.generator, core.Condition(labels=[3, 3]), settings).codes)
+    assert fewer.ui["shortcut_stats"][0]["expected_speedup"] == pytest.approx(8 / 3, abs=1e-3)
+    with pytest.raises(core.ShortcutError, match="method must be one of"):
+        run(pack.sampling.ShortcutMaskedSampler, generator=gen, **sampler_inputs(pack, budget=3, method="magic"))
+
+
 def test_budget_above_steps_is_refused_with_a_readable_message(pack, comfy):
     gen, sc = load_tiny(pack)
     sampler = pack.sampling.ShortcutMaskedSampler
@@ -612,6 +629,35 @@ def test_trajectory_recorder_writes_a_readable_dataset(pack, comfy):
     assert not (comfy.base / "escape").exists()
 
 
+def test_shortcut_architectures_of_lazy_backends_resolve_inside_the_pack(pack):
+    """ComfyUI imports the engine as <pack>.shortcut_core: the DiMOO and aMUSEd shortcut classes must come from
+    there, not from a top-level shortcut_core that is not importable inside ComfyUI."""
+    shortcut = importlib.import_module(pack.core.__name__ + ".shortcut")
+    for arch in ("dimoo", "amused"):
+        assert shortcut.shortcut_class(arch).__module__ == f"{pack.core.__name__}.backends.{arch}"
+
+
+def test_width_and_height_size_text_to_image_generators_and_zero_restores_their_own(pack, comfy):
+    gen, _ = load_tiny(pack, with_shortcut=None)
+    assert gen.image_size is None  # MaskGIT draws at one size
+    with pytest.raises(pack.core.ShortcutError, match="one fixed size: set width and height to 0"):
+        run(pack.sampling.ShortcutMaskedSampler, generator=gen, **sampler_inputs(pack, width=64, height=64))
+
+    class Sized:
+        image_size = (1024, 1024)
+
+        def set_image_size(self, width, height):
+            self.image_size = (width, height)
+
+    sized = Sized()
+    cpu = torch.device("cpu")
+    handle = pack.bridge.GeneratorHandle(sized, None, "sized", cpu, cpu, image_size=(1024, 1024))
+    pack.bridge.use_image_size(handle, 512, 0)
+    assert sized.image_size == (512, 1024)
+    pack.bridge.use_image_size(handle)  # what the recorder does: the size it was loaded with
+    assert sized.image_size == (1024, 1024)
+
+
 def test_embedded_demo_generator_and_shortcut(pack, comfy):
     core = pack.core
     if not (core.DEMO_GENERATOR.is_file() and core.DEMO_SHORTCUT.is_file()):
@@ -674,3 +720,54 @@ def test_bundled_workflows_match_the_node_schemas(pack, comfy):
             known = {i.id for i in schema.inputs}
             assert required <= set(node["inputs"]), (path.name, node_id, required - set(node["inputs"]))
             assert set(node["inputs"]) <= known, (path.name, node_id, set(node["inputs"]) - known)
+
+
+FILE_COMBOS = {"generator_name": "models/masked_generators/", "shortcut_name": "models/shortcut/"}
+
+
+def _ui_widget_order(schema) -> list[str]:
+    """Widget names in the order the front end saves ``widgets_values``: required inputs, then optional ones, with
+    the seed's control_after_generate value right after the seed."""
+    widgets = [i for i in schema.inputs if i.io_type in WIDGET_TYPES]
+    order = []
+    for item in [i for i in widgets if not i.optional] + [i for i in widgets if i.optional]:
+        order.append(item.id)
+        if item.id == "seed":
+            order.append("control_after_generate")
+    return order
+
+
+def test_bundled_workflows_have_thumbnails_valid_values_and_files_the_readme_names(pack, comfy):
+    """Every template has an API copy and a JPEG thumbnail; the API copy holds the UI's widget values, links to
+    existing nodes, combo values the node offers, and model file names README tells users to download."""
+    schemas = _schema_widgets(pack)
+    readme = (ROOT / "README.md").read_text()
+    for ui_path in sorted((ROOT / "workflows").glob("*.json")):
+        name = ui_path.stem
+        thumbnail = ui_path.with_suffix(".jpg")
+        assert thumbnail.is_file() and thumbnail.read_bytes()[:3] == b"\xff\xd8\xff", f"{name}: no JPEG thumbnail"
+        api = json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
+        ui = {str(n["id"]): n for n in json.loads(ui_path.read_text())["nodes"]}
+        for node_id, node in api.items():
+            assert node_id in ui and ui[node_id]["type"] == node["class_type"], (name, node_id)
+            for key, value in node["inputs"].items():
+                if isinstance(value, list):
+                    assert value[0] in api and isinstance(value[1], int), (name, node_id, key)
+            schema = schemas.get(node["class_type"])
+            if schema is None:
+                assert set(node["inputs"]) <= set(CORE_NODES[node["class_type"]]) | {"images"}, (name, node_id)
+                continue
+            saved = dict(zip(_ui_widget_order(schema), ui[node_id]["widgets_values"]))
+            for item in schema.inputs:
+                if item.id not in node["inputs"]:
+                    continue
+                value = node["inputs"][item.id]
+                if item.io_type in WIDGET_TYPES:
+                    assert saved[item.id] == value, (name, node_id, item.id)
+                else:
+                    assert isinstance(value, list), (name, node_id, item.id)
+                if item.id in FILE_COMBOS:
+                    if value != pack.bridge.DEMO:
+                        assert FILE_COMBOS[item.id] + value.rstrip("/") in readme, (name, value)
+                elif item.io_type == "COMBO":
+                    assert value in item.options, (name, node_id, item.id, value)

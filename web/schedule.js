@@ -6,6 +6,13 @@
 // paper:    floor(j N / B) for j = 0..B-1 (the paper's 1 + floor(j N / B), 0-based).
 
 export const FULL_STEP_RULES = ["official", "paper"];
+// Chosen from the step-error table stored with the shortcut weights (shortcut_core/schedules.py
+// search_full_steps); the page cannot know it before a run reports the steps it used.
+export const SEARCHED = "searched";
+
+// What runs on the non-full steps (shortcut_core/predictors.py METHODS). "fewer_steps" runs B vanilla steps.
+export const METHODS = ["shortcut", "fewer_steps", "reuse", "taylor1", "taylor2"];
+const TRAINING_FREE = ["reuse", "taylor1", "taylor2"];
 
 // Cost of one shortcut call relative to one base-model call, assumed until a run measures it
 // (MIGM-Shortcut paper: about 1/24 for MaskGIT).
@@ -69,27 +76,48 @@ export function clampBudget(steps, budget) {
   return Math.min(Math.max(b, 1), n);
 }
 
-// Everything the sampler node's strip shows. `shortcut` false = no shortcut weights connected: every step
-// is full (the vanilla sampler). `measuredCost` (a shortcut call / a base call, from the last run) replaces
-// the assumption when given.
-export function describeSchedule({ steps, budget, rule = "official", shortcut = true, measuredCost = null }) {
+// Everything the sampler node's strip shows. `shortcut` false = no shortcut weights connected: with the
+// shortcut method every step is full (the vanilla sampler); the training-free methods need no weights.
+// `measuredCost` (a predicted step's call / a base call, from the last run) replaces the assumption (1/24 for
+// the shortcut, 0 for reuse and TaylorSeer) when given. With the searched rule, `measuredFull` (the full steps a
+// run with these steps and budget used) is shown; until then the uniform steps stand in (`fullKnown` false).
+export function describeSchedule({ steps, budget, rule = "official", shortcut = true, measuredCost = null,
+                                   method = "shortcut", measuredFull = null }) {
   const n = Math.max(1, Math.round(Number(steps) || 1));
   const requested = Math.round(Number(budget) || 1);
-  const b = shortcut ? clampBudget(n, requested) : n;
-  const full = fullSteps(n, b, FULL_STEP_RULES.includes(rule) ? rule : "official");
-  const measured = typeof measuredCost === "number" && Number.isFinite(measuredCost) && measuredCost > 0;
-  const cost = measured ? measuredCost : ASSUMED_SHORTCUT_COST;
+  const m = METHODS.includes(method) ? method : "shortcut";
+  const predicts = m === "shortcut" ? shortcut : m !== "fewer_steps";
+  const b = predicts || m === "fewer_steps" ? clampBudget(n, requested) : n;
+  const stepsRun = m === "fewer_steps" ? b : n;
+  let full;
+  let fullKnown = true;
+  if (m === "fewer_steps" || b === n) {
+    full = Array.from({ length: stepsRun }, (_, i) => i);
+  } else if (rule === SEARCHED) {
+    const usable = Array.isArray(measuredFull) && measuredFull.length === b && measuredFull[0] === 0 &&
+      measuredFull.every((v) => Number.isInteger(v) && v < n);
+    full = usable ? [...measuredFull] : fullSteps(n, b, "official");
+    fullKnown = usable;
+  } else {
+    full = fullSteps(n, b, FULL_STEP_RULES.includes(rule) ? rule : "official");
+  }
+  const measured = typeof measuredCost === "number" && Number.isFinite(measuredCost) && measuredCost >= 0 &&
+    (measuredCost > 0 || TRAINING_FREE.includes(m));
+  const cost = measured ? measuredCost : TRAINING_FREE.includes(m) ? 0 : ASSUMED_SHORTCUT_COST;
   return {
-    steps: n,
+    steps: stepsRun,
+    requestedSteps: n,
     budget: b,
+    method: m,
     budgetOutOfRange: requested < 1 || requested > n,
-    vanilla: !shortcut || b === n,
+    vanilla: b === n,
     full,
-    isFull: Array.from({ length: n }, (_, i) => full.includes(i)),
+    fullKnown,
+    isFull: Array.from({ length: stepsRun }, (_, i) => full.includes(i)),
     baseCalls: b,
-    shortcutCalls: n - b,
+    shortcutCalls: stepsRun - b,
     cost,
     costMeasured: measured,
-    speedup: expectedSpeedup(n, b, cost),
+    speedup: m === "fewer_steps" ? n / b : expectedSpeedup(n, b, cost),
   };
 }

@@ -29,12 +29,19 @@ function shortcutConnected(node) {
 // The schedule the strip shows for the node's current widget values.
 export function nodeSchedule(node) {
   const preset = presetStepsBudget(widget(node, "preset")?.value);
+  const steps = preset ? preset.steps : widget(node, "steps")?.value;
+  const budget = preset ? preset.budget : widget(node, "budget")?.value;
+  const method = widget(node, "method")?.value ?? "shortcut";
+  const stats = node.__migmStats;
+  const sameRun = stats && stats.steps === steps && stats.budget === budget && (stats.method ?? "shortcut") === method;
   return describeSchedule({
-    steps: preset ? preset.steps : widget(node, "steps")?.value,
-    budget: preset ? preset.budget : widget(node, "budget")?.value,
+    steps,
+    budget,
     rule: preset ? "official" : widget(node, "full_step_rule")?.value,
     shortcut: shortcutConnected(node),
-    measuredCost: node.__migmStats?.measured_ratio ?? null,
+    measuredCost: sameRun ? stats.measured_ratio ?? null : null,
+    method,
+    measuredFull: sameRun ? stats.full_steps : null,
   });
 }
 
@@ -67,20 +74,23 @@ function drawStrip(ctx, node, width, y) {
   ctx.textAlign = "left";
   let line1;
   if (s.vanilla) {
-    line1 = shortcutConnected(node)
+    line1 = shortcutConnected(node) || s.method !== "shortcut"
       ? `vanilla: all ${s.steps} steps run the base model (budget = steps)`
       : `vanilla: no shortcut connected, all ${s.steps} steps run the base model`;
+  } else if (s.method === "fewer_steps") {
+    line1 = `fewer steps: ${s.steps} of ${s.requestedSteps} steps, all run the base model`;
   } else {
-    line1 = `${s.baseCalls} base calls + ${s.shortcutCalls} shortcut calls · full steps ${s.full.join(",")}`;
+    const where = s.fullKnown ? `full steps ${s.full.join(",")}` : "full steps searched (shown after a run)";
+    line1 = `${s.baseCalls} base calls + ${s.shortcutCalls} ${s.method} calls · ${where}`;
   }
   ctx.fillStyle = s.budgetOutOfRange && shortcutConnected(node) ? COLORS.warn : COLORS.text;
   ctx.fillText(fitText(ctx, line1, inner), margin, y + boxH + 18);
   const costText = s.costMeasured
     ? `c = ${s.cost.toFixed(3)} measured on the last run`
-    : "c = 1/24 assumed (shortcut call vs base call)";
-  const line2 = s.vanilla
-    ? "speedup 1.00x (vanilla sampler)"
-    : `expected speedup ${s.speedup.toFixed(2)}x = N / (B + (N-B)·c), ${costText}`;
+    : s.cost === 0 ? "c = 0 assumed (no network)" : "c = 1/24 assumed (shortcut call vs base call)";
+  let line2 = `expected speedup ${s.speedup.toFixed(2)}x = N / (B + (N-B)·c), ${costText}`;
+  if (s.vanilla) line2 = "speedup 1.00x (vanilla sampler)";
+  else if (s.method === "fewer_steps") line2 = `expected speedup ${s.speedup.toFixed(2)}x = N / B`;
   ctx.fillStyle = COLORS.dim;
   ctx.fillText(fitText(ctx, line2, inner), margin, y + boxH + 32);
   ctx.restore();
@@ -112,7 +122,7 @@ function chain(target, name, after) {
 }
 
 function setupSampler(node) {
-  for (const name of ["preset", "steps", "budget", "full_step_rule"]) {
+  for (const name of ["preset", "steps", "budget", "full_step_rule", "method"]) {
     const w = widget(node, name);
     if (!w) continue;
     const original = w.callback;

@@ -8,7 +8,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 import {
-  ASSUMED_SHORTCUT_COST, clampBudget, describeSchedule, expectedSpeedup, fullSteps, presetStepsBudget, pyRound,
+  ASSUMED_SHORTCUT_COST, clampBudget, describeSchedule, expectedSpeedup, fullSteps, METHODS, presetStepsBudget, pyRound,
 } from "../../web/schedule.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -141,4 +141,41 @@ test("every preset name in shortcut_core.presets parses to its own steps and bud
   for (const [name, [steps, budget]] of Object.entries(presets)) {
     assert.deepEqual(presetStepsBudget(name), { steps, budget }, name);
   }
+});
+
+test("the method list is the sampler's (shortcut_core.predictors.METHODS)", () => {
+  const python = process.env.PYTHON || "python3";
+  const script = `import json, sys; sys.path.insert(0, ${JSON.stringify(ROOT)}); ` +
+    "from shortcut_core.predictors import METHODS; print(json.dumps(list(METHODS)))";
+  assert.deepEqual(JSON.parse(execFileSync(python, ["-c", script], { encoding: "utf8" })), METHODS);
+});
+
+test("fewer_steps shows B steps, all full, and speedup N / B", () => {
+  const d = describeSchedule({ steps: 16, budget: 4, method: "fewer_steps", shortcut: false });
+  assert.equal(d.steps, 4);
+  assert.equal(d.isFull.every(Boolean), true);
+  assert.equal(d.baseCalls, 4);
+  assert.equal(d.shortcutCalls, 0);
+  assert.equal(d.speedup, 4);
+  assert.equal(d.vanilla, false);
+});
+
+test("training-free methods need no shortcut weights and assume c = 0 until measured", () => {
+  const d = describeSchedule({ steps: 16, budget: 4, method: "taylor2", shortcut: false });
+  assert.deepEqual(d.full, fullSteps(16, 4, "official"));
+  assert.equal(d.shortcutCalls, 12);
+  assert.equal(d.speedup, 4);
+  const measured = describeSchedule({ steps: 16, budget: 4, method: "reuse", shortcut: false, measuredCost: 0.01 });
+  assert.equal(measured.speedup, expectedSpeedup(16, 4, 0.01));
+});
+
+test("searched full steps are shown once a run reported them, the uniform ones stand in before", () => {
+  const before = describeSchedule({ steps: 16, budget: 6, rule: "searched" });
+  assert.equal(before.fullKnown, false);
+  assert.deepEqual(before.full, fullSteps(16, 6, "official"));
+  const after = describeSchedule({ steps: 16, budget: 6, rule: "searched", measuredFull: [0, 2, 3, 5, 8, 12] });
+  assert.equal(after.fullKnown, true);
+  assert.deepEqual(after.full, [0, 2, 3, 5, 8, 12]);
+  const stale = describeSchedule({ steps: 16, budget: 6, rule: "searched", measuredFull: [0, 4, 8] });
+  assert.equal(stale.fullKnown, false);
 });
