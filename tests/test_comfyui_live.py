@@ -660,6 +660,34 @@ def test_schedule_strip_follows_the_budget_widget(page, server, shots):
     assert page.errors() == []
 
 
+def test_schedule_strip_follows_the_method_widget(page, shots):
+    import numpy as np
+    from PIL import Image
+    _load_workflow(page, "demo_class_to_image_shortcut")
+    boxes = page.js(NODE_BOX % ("MIGMShortcutMaskedSampler", "shortcut_schedule"))
+    before = page.screenshot(shots / "strip_method_shortcut.png", boxes["strip"])
+    state = page.js("""(async () => {
+      const node = app.graph.nodes.find((n) => n.type === 'MIGMShortcutMaskedSampler');
+      const method = node.widgets.find((w) => w.name === 'method');
+      const options = [...method.options.values];
+      method.value = 'fewer_steps'; method.callback?.('fewer_steps');
+      app.graph.setDirtyCanvas(true, true); app.canvas.draw(true, true);
+      return {options, value: method.value};
+    })()""")
+    assert state["options"] == ["shortcut", "fewer_steps", "reuse", "taylor1", "taylor2"]
+    time.sleep(0.3)
+    after = page.screenshot(shots / "strip_method_fewer_steps.png", boxes["strip"])
+
+    def blue(path):  # shortcut-step cells
+        img = np.asarray(Image.open(path).convert("RGB"), dtype=np.int32)
+        return ((img[..., 2] > 130) & (img[..., 0] < 110) & (img[..., 1] > 80) & (img[..., 1] < 170)).sum()
+
+    assert blue(before) > 0 and blue(after) == 0, "fewer_steps has no shortcut steps to draw"
+    for path in (before, after):
+        print("screenshot:", path)
+    assert page.errors() == []
+
+
 def test_demo_workflow_runs_from_the_front_end(page, server, shots):
     _load_workflow(page, "demo_class_to_image_shortcut")
     if not _demo_present():
