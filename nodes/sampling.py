@@ -265,7 +265,8 @@ class ShortcutMaskedSampler(io.ComfyNode):
             category=bridge.CATEGORY,
             description=("Generates images with a masked generator. With shortcut weights, only `budget` of the "
                          "`steps` steps run the base model; the others run the small shortcut network "
-                         "(MIGM-Shortcut). Without shortcut, or with budget = steps, it is the vanilla sampler."),
+                         "(MIGM-Shortcut). Without shortcut, or with budget = steps, it is the vanilla sampler. "
+                         "`method` runs a baseline at the same budget instead, for comparison."),
             inputs=[
                 MaskedGeneratorType.Input("generator"),
                 ShortcutType.Input("shortcut", optional=True,

@@ -202,6 +202,21 @@ def read_prompt_file(path: Path) -> tuple[list[str], list[Optional[str]]]:
 # the index: index.json (rank 0) and index-rKK.json (rank k), merged on read
 
 
+def condition_schedule(generator: MaskedGenerator, count: Optional[int], batch: int, classes: Optional[str] = None,
+                       prompts: Optional[Sequence[str]] = None, prompt_file: Optional[str] = None,
+                       negative_prompt: Optional[str] = None) -> ConditionSchedule:
+    """The schedule the command-line scripts cycle: ``classes`` as comma-separated labels, prompts given one by one
+    and from a file (its own negative prompts, else ``negative_prompt``)."""
+    texts, negatives = list(prompts or []), [negative_prompt] * len(prompts or [])
+    if prompt_file:
+        file_prompts, file_negatives = read_prompt_file(Path(prompt_file))
+        texts += file_prompts
+        negatives += [n or negative_prompt for n in file_negatives]
+    labels = [int(v) for v in classes.split(",")] if classes else None
+    return ConditionSchedule(generator, count, batch, labels=labels, prompts=texts or None,
+                             negative_prompts=negatives if any(negatives) else None)
+
+
 def index_path(folder: Path, rank: int) -> Path:
     return Path(folder) / ("index.json" if rank == 0 else f"index-r{rank:02d}.json")
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from shortcut_core.fitting import (FitSettings, OnlineSettings, RunOptions, fit_shortcut,  # noqa: E402
                                    fit_shortcut_online, init_distributed)
 from shortcut_core.generator import ShortcutError  # noqa: E402
-from shortcut_core.recording import ConditionSchedule, TrajectoryDataset, read_prompt_file  # noqa: E402
+from shortcut_core.recording import TrajectoryDataset, condition_schedule  # noqa: E402
 from shortcut_core.registry import load_generator  # noqa: E402
 from shortcut_core.sampler import SamplerSettings  # noqa: E402
 from shortcut_core.shortcut import ShortcutConfig  # noqa: E402
@@ -133,14 +133,8 @@ def main() -> int:
             if args.cfg is not None:
                 sampler.cfg_scale = args.cfg
             sampler.seed, sampler.budget = args.sample_seed, None
-            prompts, negatives = list(args.prompt or []), [args.negative_prompt] * len(args.prompt or [])
-            if args.prompts:
-                file_prompts, file_negatives = read_prompt_file(Path(args.prompts))
-                prompts += file_prompts
-                negatives += [n or args.negative_prompt for n in file_negatives]
-            labels = [int(v) for v in args.classes.split(",")] if args.classes else None
-            conditions = ConditionSchedule(generator, None, args.online_batch, labels=labels, prompts=prompts or None,
-                                           negative_prompts=negatives if any(negatives) else None)
+            conditions = condition_schedule(generator, None, args.online_batch, args.classes, args.prompt, args.prompts,
+                                            args.negative_prompt)
             online = OnlineSettings(batch=args.online_batch, buffer=args.online_buffer,
                                     refresh_every=args.online_refresh, val_batches=args.online_val_batches,
                                     storage=args.storage)

@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shortcut_core.generator import ShortcutError  # noqa: E402
-from shortcut_core.recording import ConditionSchedule, human_bytes, read_prompt_file, record  # noqa: E402
+from shortcut_core.recording import condition_schedule, human_bytes, record  # noqa: E402
 from shortcut_core.registry import load_generator  # noqa: E402
 from shortcut_core.sampler import SamplerSettings  # noqa: E402
 
@@ -86,14 +86,8 @@ def main() -> int:
             settings.cfg_scale = args.cfg
         settings.seed = args.seed
         settings.budget = None
-        prompts, negatives = list(args.prompt or []), [args.negative_prompt] * len(args.prompt or [])
-        if args.prompts:
-            file_prompts, file_negatives = read_prompt_file(Path(args.prompts))
-            prompts += file_prompts
-            negatives += [n or args.negative_prompt for n in file_negatives]
-        labels = [int(v) for v in args.classes.split(",")] if args.classes else None
-        conditions = ConditionSchedule(generator, args.count, args.batch, labels=labels, prompts=prompts or None,
-                                       negative_prompts=negatives if any(negatives) else None)
+        conditions = condition_schedule(generator, args.count, args.batch, args.classes, args.prompt, args.prompts,
+                                        args.negative_prompt)
         index = record(generator, Path(args.out), conditions, settings, storage=args.storage, rank=rank,
                        world_size=world, check_disk=not args.no_disk_check, verify=args.verify,
                        announce=lambda text: print(text, flush=True))
