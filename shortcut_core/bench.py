@@ -179,8 +179,7 @@ def measure(args) -> dict:
         seconds = statistics.median(times[config.key])
         base_ms = statistics.median(calls[config.key]["base"])
         predicted_ms = statistics.median(calls[config.key]["predicted"])
-        steps_run = args.steps if config.variant.method != "fewer_steps" else config.budget
-        predicted_steps = steps_run - config.budget
+        predicted_steps = result.shortcut_calls
         cost = predicted_ms / base_ms if base_ms and predicted_steps else 0.0
         bound = args.steps / (config.budget + predicted_steps * cost)
         speedup = vanilla_seconds / seconds
@@ -289,10 +288,8 @@ def add_bench_parser(sub) -> None:
 
 
 def run_bench(args) -> int:
-    for name in ("budgets",):
-        values = [int(b) for b in getattr(args, name).split(",")]
-        if any(not 1 <= b <= args.steps for b in values):
-            raise ShortcutError(f"--budgets must lie in 1..steps ({args.steps}), got {getattr(args, name)}")
+    if any(not 1 <= int(b) <= args.steps for b in args.budgets.split(",")):
+        raise ShortcutError(f"--budgets must lie in 1..steps ({args.steps}), got {args.budgets}")
     for name in ("images", "batch", "quality_batch", "repeats"):
         if getattr(args, name) < 1:
             raise ShortcutError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

@@ -42,10 +42,10 @@ def measure_step_errors(generator: MaskedGenerator, network: torch.nn.Module, da
         weights.setdefault(steps, torch.zeros(steps, steps, dtype=torch.float64))
         for start in range(0, len(members), batch_size):
             chunk = members[start:start + batch_size]
-            features = torch.stack([dataset.load(i)["features"] for i in chunk]).to(device)  # [R, S, T, D]
-            tokens = [dataset.tokens(i) for i in chunk]
-            order = torch.stack([o.long() for o, _ in tokens]).to(device)
-            codes = torch.stack([c.long() for _, c in tokens]).to(device)
+            items = [dataset.load(i) for i in chunk]
+            features = torch.stack([item["features"] for item in items]).to(device)  # [R, S, T, D]
+            order = torch.stack([item["order"].long() for item in items]).to(device)
+            codes = torch.stack([item["codes"].long() for item in items]).to(device)
             batch = {"prev": features[:, 0].float(), "infos": [dataset.info(i) for i in chunk]}
             ctx = contexts(batch)
             rows = len(chunk)

@@ -50,5 +50,14 @@ def tiny_shortcut(seed: int = 1) -> ShortcutNetwork:
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread is fastest and steady on a shared machine; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def tiny():
     return tiny_generator()

@@ -49,13 +49,7 @@ PROMPTS = ["a red cat", "blue sky", "a dog on grass", "green tree", "an old car"
            "yellow bird", "a small house", "dark forest", "a big ship", "fire", "a white horse", "moon", "a bridge"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is fastest and steady on a shared machine; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_tokenizer(folder: Path) -> None:
