@@ -17,7 +17,8 @@ from typing import Any, Optional
 import torch
 
 from ..shortcut_core import DEMO_GENERATOR, DEMO_SHORTCUT, ShortcutError
-from ..shortcut_core.weights import GENERATOR_FORMAT, read_metadata
+from ..shortcut_core.files import read_metadata
+from ..shortcut_core.weights import GENERATOR_FORMAT
 
 # Model folder keys (ComfyUI/models/<key>) and the files each lists.
 GENERATOR_FOLDER = "masked_generators"
@@ -51,9 +52,9 @@ class GeneratorHandle:
 
 @dataclass
 class ShortcutHandle:
-    """What travels on a MIGM_SHORTCUT socket: the shortcut network, checked against one generator."""
+    """What travels on a MIGM_SHORTCUT socket: the shortcut weights, checked against one generator."""
 
-    network: Any
+    weights: Any  # shortcut_core.ShortcutWeights
     patcher: Any
     name: str
     generator_identity: str
@@ -236,7 +237,7 @@ def use_image_size(handle: GeneratorHandle, width: int = 0, height: int = 0) -> 
     """
     width, height = int(width or 0), int(height or 0)
     generator = handle.generator
-    if handle.image_size is None or not hasattr(generator, "set_image_size"):
+    if handle.image_size is None or generator.image_size is None:
         if width or height:
             raise ShortcutError(f"generator {handle.name!r} draws at one fixed size: set width and height to 0 "
                                 "(only text-to-image generators such as Lumina-DiMOO and aMUSEd take a size)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..shortcut_core import ShortcutError, load_generator, load_shortcut
-from ..shortcut_core.registry import DTYPES, resolve_dtype
+from ..shortcut_core.dtypes import MODEL_DTYPES, resolve_dtype
 from . import bridge
 
 MaskedGeneratorType = io.Custom("MASKED_GENERATOR")
@@ -27,7 +27,7 @@ class LoadMaskedGenerator(io.ComfyNode):
                                        "from models/masked_generators"),
                 io.Combo.Input("device", options=bridge.device_choices(), default="auto",
                                tooltip="auto = ComfyUI's device; the model is offloaded by ComfyUI when idle"),
-                io.Combo.Input("dtype", options=list(DTYPES), default="auto",
+                io.Combo.Input("dtype", options=list(MODEL_DTYPES), default="auto",
                                tooltip="weights precision; auto = bf16 on GPUs that support it, else fp32. "
                                        "The image decoder always stays fp32."),
             ],
@@ -46,10 +46,10 @@ class LoadMaskedGenerator(io.ComfyNode):
         path = bridge.resolve_generator(generator_name)
         load_device, offload_device = bridge.devices(device)
         torch_dtype = resolve_dtype(dtype, load_device)
-        dtype_name = {v: k for k, v in DTYPES.items() if v is not None}[torch_dtype]
+        dtype_name = {v: k for k, v in MODEL_DTYPES.items() if v is not None}[torch_dtype]
         generator = load_generator(str(path), device=offload_device, dtype=dtype_name)
         patcher = bridge.manage(generator, load_device, offload_device)
-        size = getattr(generator, "image_size", None) if hasattr(generator, "set_image_size") else None
+        size = generator.image_size
         return io.NodeOutput(bridge.GeneratorHandle(generator, patcher, generator_name, load_device, offload_device,
                                                     image_size=tuple(size) if size else None))
 
@@ -84,13 +84,13 @@ class LoadShortcutWeights(io.ComfyNode):
         handle = _generator_handle(generator)
         path = bridge.resolve_shortcut(shortcut_name)
         try:
-            network = load_shortcut(path, handle.generator)
+            weights = load_shortcut(path, handle.generator)
         except ShortcutError as err:
             raise ShortcutError(f"shortcut weights {shortcut_name!r} do not fit generator "
                                 f"{handle.name!r}: {err}") from err
-        patcher = bridge.manage(network, handle.load_device, handle.offload_device)
-        info = {"arch": network.config.arch, "parameters": sum(p.numel() for p in network.parameters())}
-        return io.NodeOutput(bridge.ShortcutHandle(network, patcher, shortcut_name, handle.generator.identity, info))
+        patcher = bridge.manage(weights.network, handle.load_device, handle.offload_device)
+        info = {"arch": weights.config.arch, "parameters": sum(p.numel() for p in weights.network.parameters())}
+        return io.NodeOutput(bridge.ShortcutHandle(weights, patcher, shortcut_name, handle.generator.identity, info))
 
 
 def _generator_handle(value) -> bridge.GeneratorHandle:

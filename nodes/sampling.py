@@ -13,10 +13,11 @@ import torch
 from comfy_api.latest import io
 
 from ..shortcut_core import Condition, SamplerSettings, ShortcutError, sample, with_overrides
+from ..shortcut_core.generator import class_label
 from ..shortcut_core.presets import PRESET_NAMES, apply_preset, check_preset
 from ..shortcut_core.recording import STORAGE_DTYPES, dataset_summary, record
 from ..shortcut_core.predictors import METHOD_HELP, METHODS
-from ..shortcut_core.schedules import FULL_STEP_RULES, SEARCHED, TOKEN_SCHEDULES
+from ..shortcut_core.schedules import FULL_STEP_RULES, SEARCHED, TOKEN_SCHEDULES, expected_speedup
 from . import bridge
 from .loaders import MaskedGeneratorType, ShortcutType
 
@@ -129,13 +130,10 @@ def make_condition(generator, batch_size: int, class_name: str, class_index: int
     elif class_name == CYCLE_CLASSES:
         labels = [(offset + i) % count for i in range(batch_size)]
     else:
-        names = {str(n).lower(): i for i, n in enumerate(generator.class_names)}
-        if str(class_name).lower() not in names:
-            shown = ", ".join(map(str, list(generator.class_names)[:30]))
-            raise ShortcutError(f"class {class_name!r} is not a class of generator {generator.identity!r}; its "
-                                f"classes are: {shown}{' ...' if count > 30 else ''}. Pick one of these, "
-                                f"'{CYCLE_CLASSES}', or set class_index")
-        labels = [names[str(class_name).lower()]] * batch_size
+        try:
+            labels = [class_label(generator, class_name)] * batch_size
+        except ShortcutError as err:
+            raise ShortcutError(f"{err}. Pick one of these, '{CYCLE_CLASSES}', or set class_index") from None
     condition = Condition(labels=labels)
     generator.check_condition(condition, batch_size)
     return condition
@@ -311,11 +309,11 @@ class ShortcutMaskedSampler(io.ComfyNode):
         if shortcut is None and method == "shortcut":  # no weights: every step runs the base model (vanilla)
             settings.budget = settings.steps
         condition = make_condition(gen, int(batch_size), class_name, class_index, prompt, negative_prompt)
-        network = shortcut.network if shortcut is not None and (
+        weights = shortcut.weights if shortcut is not None and (
             settings.resolved_budget() < settings.steps or settings.full_step_rule == SEARCHED) else None
-        bridge.load_for_use([handle.patcher, shortcut.patcher if network is not None else None])
+        bridge.load_for_use([handle.patcher, shortcut.patcher if weights is not None else None])
         reporter = StepReporter(gen, settings.steps, settings.steps)
-        result = sample(gen, condition, settings, shortcut=network, batch_size=int(batch_size), callback=reporter)
+        result = sample(gen, condition, settings, shortcut=weights, batch_size=int(batch_size), callback=reporter)
         reporter.complete()
         images = to_comfy_image(gen.decode(result.codes))
         tokens = {"codes": result.codes.detach().cpu(), "grid": list(gen.grid_size), "generator": gen.identity,
@@ -332,7 +330,7 @@ def run_stats(settings: SamplerSettings, result, shortcut_connected: bool) -> di
     ratio = (result.shortcut_call_ms / result.base_call_ms
              if result.shortcut_calls and result.base_calls and result.base_call_ms > 0 else None)
     cost = ratio if ratio is not None else ASSUMED_SHORTCUT_COST
-    expected = steps / budget if method == "fewer_steps" else steps / (budget + (steps - budget) * cost)
+    expected = expected_speedup(steps, budget, 0 if method == "fewer_steps" else steps - budget, cost)
     summary = (f"{result.steps_run} of {steps} steps, {result.base_calls} base + {result.shortcut_calls} {method} "
                f"calls (full steps {result.full_steps}); {result.seconds:.2f} s")
     if ratio is not None:
@@ -417,8 +415,3 @@ class TrajectoryRecorderNode(io.ComfyNode):
         info = {"folder": str(folder), "name": folder.name, "added": added, **summary}
         return io.NodeOutput(text, ui={"text": [text], "dataset": [info]})
 
-
-NODES = [
-    ShortcutMaskedSampler,
-    TrajectoryRecorderNode,
-]

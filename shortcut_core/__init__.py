@@ -4,7 +4,7 @@ from .registry import DEMO_GENERATOR, DEMO_SHORTCUT, load_generator, save_genera
 from .sampler import SampleResult, SamplerSettings, StepInfo, sample, with_overrides
 from .schedules import full_steps, tokens_per_step
 from .shortcut import ShortcutConfig, ShortcutNetwork, build_shortcut
-from .weights import load_shortcut, save_shortcut
+from .weights import ShortcutWeights, load_shortcut, save_shortcut
 
 __version__ = "0.1.0"
 
@@ -12,5 +12,5 @@ __all__ = [
     "Condition", "Context", "MaskedGenerator", "NewTokens", "ShortcutError", "gather_new_tokens",
     "DEMO_GENERATOR", "DEMO_SHORTCUT", "load_generator", "save_generator", "shortcut_path",
     "SampleResult", "SamplerSettings", "StepInfo", "sample", "with_overrides", "full_steps", "tokens_per_step",
-    "ShortcutConfig", "ShortcutNetwork", "build_shortcut", "load_shortcut", "save_shortcut",
+    "ShortcutConfig", "ShortcutNetwork", "build_shortcut", "ShortcutWeights", "load_shortcut", "save_shortcut",
 ]

@@ -33,11 +33,11 @@ from typing import Optional
 
 import torch
 
-from .generator import Condition, MaskedGenerator, ShortcutError
+from .generator import Condition, MaskedGenerator, ShortcutError, take_positions
 from .registry import ASSETS, load_generator, shortcut_path
 from .sampler import SamplerSettings, sample
-from .schedules import SEARCHED
-from .weights import load_shortcut
+from .schedules import SEARCHED, expected_speedup
+from .weights import ShortcutWeights, load_shortcut
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class Variant:
     name: str
     method: str
     full_step_rule: str = "official"
-    shortcut: Optional[torch.nn.Module] = None
+    shortcut: Optional[ShortcutWeights] = None
     label: str = ""
 
 
@@ -119,7 +119,8 @@ class Drift:
         pred_logits = self.generator.head(info.feature, self.ctx, before).float()
         still = before.repeat(self.ctx.branches, 1)  # logits rows are branch-major, like the features
         self.per_step[info.index] = {
-            "cosine": float(self.cosine(info.feature[:, index].float(), base[:, index].float())),
+            "cosine": float(self.cosine(take_positions(info.feature, index).float(),
+                                        take_positions(base, index).float())),
             "kl": float(self.kl(base_logits[still], pred_logits[still]))}
 
 
@@ -181,7 +182,7 @@ def measure(args) -> dict:
         predicted_ms = statistics.median(calls[config.key]["predicted"])
         predicted_steps = result.shortcut_calls
         cost = predicted_ms / base_ms if base_ms and predicted_steps else 0.0
-        bound = args.steps / (config.budget + predicted_steps * cost)
+        bound = expected_speedup(args.steps, config.budget, predicted_steps, cost)
         speedup = vanilla_seconds / seconds
         row = {"variant": config.variant.name, "label": config.variant.label, "method": config.variant.method,
                "full_step_rule": config.variant.full_step_rule, "steps": args.steps, "budget": config.budget,

@@ -10,7 +10,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .generator import Condition, ShortcutError
+from .generator import Condition, ShortcutError, parse_class_labels
 from .registry import load_generator, shortcut_path
 from .sampler import SamplerSettings, StepInfo, sample
 from .predictors import METHOD_HELP, METHODS
@@ -44,22 +44,49 @@ def save_images(images: torch.Tensor, out: Path, grid: bool = True) -> list[str]
     return paths
 
 
-def parse_labels(text: Optional[str], generator, batch: int, seed: int) -> list[int]:
-    """'3', '1,4,7' or class names; default: classes 0, 1, 2, ... cycling over the batch."""
+def parse_labels(text: Optional[str], generator, batch: int) -> list[int]:
+    """'3', '1,4,7' or class names, cycled over the batch; default: classes 0, 1, 2, ..."""
     if not text:
         return [i % generator.num_classes for i in range(batch)]
-    labels = []
-    names = {n.lower(): i for i, n in enumerate(generator.class_names)}
-    for item in text.split(","):
-        item = item.strip()
-        if item.lstrip("-").isdigit():
-            labels.append(int(item))
-        elif item.lower() in names:
-            labels.append(names[item.lower()])
-        else:
-            raise ShortcutError(f"class {item!r} is neither a number nor a class name of this generator "
-                                f"(names: {', '.join(generator.class_names[:20])}...)")
+    labels = parse_class_labels(generator, text)
     return [labels[i % len(labels)] for i in range(max(batch, len(labels)))]
+
+
+def add_text_arguments(parser) -> None:
+    """``--prompt`` (repeatable), ``--negative-prompt``, ``--width``, ``--height`` for text-to-image generators."""
+    parser.add_argument("--prompt", action="append", default=None,
+                        help="text prompt (repeat for several images; text-to-image generators)")
+    parser.add_argument("--negative-prompt", default=None,
+                        help="negative prompt for the unconditional branch (default: the generator's own)")
+    add_size_arguments(parser)
+
+
+def add_size_arguments(parser) -> None:
+    parser.add_argument("--width", type=int, default=None,
+                        help="image width in px (generators that draw at several sizes; default: their own)")
+    parser.add_argument("--height", type=int, default=None, help="image height in px (see --width)")
+
+
+def apply_image_size(generator, width: Optional[int], height: Optional[int]) -> None:
+    """--width/--height: a size given for one side keeps the generator's current size for the other."""
+    if width is None and height is None:
+        return
+    if generator.image_size is None:
+        raise ShortcutError(f"generator {generator.identity!r} has a fixed size; drop --width/--height")
+    current_w, current_h = generator.image_size
+    generator.set_image_size(width or current_w, height or current_h)
+
+
+def text_condition(generator, args, batch: Optional[int] = None) -> Condition:
+    """Apply --width/--height to the generator and build the text ``Condition`` (prompts cycled to ``batch``)."""
+    prompts = list(args.prompt or [])
+    if not prompts:
+        raise ShortcutError(f"generator {generator.identity!r} is text-to-image: give --prompt \"...\"")
+    apply_image_size(generator, args.width, args.height)
+    count = batch or len(prompts)
+    prompts = [prompts[i % len(prompts)] for i in range(count)]
+    negative = args.negative_prompt
+    return Condition(prompts=prompts, negative_prompts=[negative] * count if negative else None)
 
 
 def _add_sample(sub) -> None:
@@ -84,7 +111,6 @@ def _add_sample(sub) -> None:
     p.add_argument("--sm-temp", type=float, default=None, help="softmax temperature (multiplies the logits)")
     p.add_argument("--r-temp", type=float, default=None, help="Gumbel confidence noise, decays linearly to 0")
     p.add_argument("--classes", default=None, help="class labels or names, comma-separated")
-    from .backends.dimoo import add_text_arguments
     add_text_arguments(p)
     p.add_argument("--batch", type=int, default=None, help="images to generate (default: number of classes given, else 1)")
     p.add_argument("--seed", type=int, default=0)
@@ -128,13 +154,12 @@ def run_sample(args: argparse.Namespace) -> int:
         shortcut = load_shortcut(shortcut_path(shortcut_name), generator)
     settings.full_step_list(shortcut)  # a bad searched-schedule request fails before any work
     if generator.condition_kind == "text":
-        from .backends.dimoo import text_condition_from_args
         batch = args.batch or len(args.prompt or []) or 1
-        condition = text_condition_from_args(generator, args, batch)
+        condition = text_condition(generator, args, batch)
         labels, names = [], []
     else:
         batch = args.batch or (len(args.classes.split(",")) if args.classes else 1)
-        labels = parse_labels(args.classes, generator, batch, args.seed)[:batch]
+        labels = parse_labels(args.classes, generator, batch)[:batch]
         condition = Condition(labels=labels)
         generator.check_condition(condition, batch)
         names = [generator.class_names[i] for i in labels]

@@ -82,11 +82,12 @@ def convert(src: Path, dst: Path, kind: str = "auto", heads: Optional[int] = Non
 
     from .weights import save_shortcut
 
-    network = mo.load_official_shortcut(src, None, heads=heads)
-    save_shortcut(dst, network, {"generator": ""},
-                  training={"converted_from": src.name, "origin": "official MaskGIT-Shortcut release format"})
-    return {"kind": detected, "source": str(src), "destination": str(dst), "config": network.config.to_dict(),
-            "tensors": len(network.state_dict())}
+    weights = mo.load_official_shortcut(src, None, heads=heads)
+    weights.generator_info = {"generator": ""}
+    weights.training = {"converted_from": src.name, "origin": "official MaskGIT-Shortcut release format"}
+    save_shortcut(dst, weights)
+    return {"kind": detected, "source": str(src), "destination": str(dst), "config": weights.config.to_dict(),
+            "tensors": len(weights.network.state_dict())}
 
 
 def _has_encoder(state: dict) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .configs import DictConfig
 from .generator import ShortcutError
 
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence]
@@ -141,7 +142,7 @@ def kernel_inception_distance(features_a: ArrayLike, features_b: ArrayLike, subs
 
 
 @dataclass
-class DemoClassifierConfig:
+class DemoClassifierConfig(DictConfig):
     """A small CNN for the demo's 64x64 shapes: a stride-2 stem, 3x3 conv + BatchNorm + ReLU stages separated by
     2x2 max pooling, global average pooling to ``feature_dim`` features (the FID features), one linear layer."""
 
@@ -150,14 +151,6 @@ class DemoClassifierConfig:
     widths: list = field(default_factory=lambda: [48, 96])
     feature_dim: int = 128
     num_classes: int = 10
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "DemoClassifierConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:
@@ -229,7 +222,7 @@ def load_demo_classifier(device: Union[str, torch.device] = "cpu", path: Optiona
     ``path`` defaults to ``assets/demo_classifier.safetensors`` (built by ``train/train_classifier.py``).
     The returned classifier also carries the statistics as ``classifier.reference``.
     """
-    from .weights import load_tensors, read_metadata
+    from .files import load_tensors, read_metadata
 
     path = Path(path) if path is not None else DEMO_CLASSIFIER
     if not path.is_file():

@@ -24,27 +24,24 @@ import json
 import logging
 import os
 import re
-import shutil
+import threading
 import zlib
 from collections import OrderedDict
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
-import struct
-import threading
-
 import torch
-from safetensors.torch import safe_open, save_file
+from safetensors.torch import safe_open
 
-from .generator import Condition, MaskedGenerator, ShortcutError
+from .dtypes import STORAGE_DTYPES
+from .files import free_disk_bytes, human_bytes, read_json, save_safetensors, write_json
+from .generator import Condition, MaskedGenerator, ShortcutError, parse_class_labels
 from .sampler import SampleResult, SamplerSettings, StepInfo, sample
-from .weights import atomic_write
 
 log = logging.getLogger(__name__)
 
 TRAJECTORY_FORMAT = "migm-trajectories"
-STORAGE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 SHARD_PATTERN = re.compile(r"shard-r(\d+)-(\d+)\.safetensors$")
 RANK_INDEX_PATTERN = re.compile(r"index-r(\d+)\.json$")
 HEADER_BYTES_PER_TRAJECTORY = 640  # safetensors header entries + item metadata, rounded up (measured ~400-500)
@@ -84,40 +81,16 @@ class TrajectoryRecorder:
 
 
 
-def _canonical_header(path: Path) -> None:
-    """Rewrite the safetensors header in place with its metadata keys sorted. The safetensors writer emits the
-    metadata map in a random order per process; sorting makes the same shard the same bytes on every run (same
-    header length, same data: only the key order changes)."""
-    with open(path, "r+b") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        raw = handle.read(length)
-        text = raw.decode("utf-8").rstrip(" ")
-        header = json.loads(text)
-        meta = header.get("__metadata__")
-        if not isinstance(meta, dict):
-            return
-        header["__metadata__"] = dict(sorted(meta.items()))
-        out = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        if len(out) != len(text.encode("utf-8")):  # not the writer's compact form: leave the file as it is
-            return
-        handle.seek(8)
-        handle.write(out + b" " * (length - len(out)))
-
-
-def save_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
-    """A shard written atomically, byte-reproducible (see ``_canonical_header``)."""
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-
-    def write(tmp):
-        save_file(tensors, tmp, metadata=meta)
-        _canonical_header(Path(tmp))
-
-    atomic_write(Path(path), write)
-
-
 # ------------------------------------------------------------------------------------------------------------
 # conditions
+
+
+def recorded_condition(info: dict) -> Condition:
+    """The condition of one recorded trajectory (its image alone), from its shard item."""
+    if info.get("prompt") is not None:
+        negative = info.get("negative_prompt") or None
+        return Condition(prompts=[info["prompt"]], negative_prompts=[negative] if negative else None)
+    return Condition(labels=[int(info["label"])])
 
 
 class ConditionSchedule(Sequence):
@@ -212,7 +185,7 @@ def condition_schedule(generator: MaskedGenerator, count: Optional[int], batch: 
         file_prompts, file_negatives = read_prompt_file(Path(prompt_file))
         texts += file_prompts
         negatives += [n or negative_prompt for n in file_negatives]
-    labels = [int(v) for v in classes.split(",")] if classes else None
+    labels = parse_class_labels(generator, classes) if classes else None
     return ConditionSchedule(generator, count, batch, labels=labels, prompts=texts or None,
                              negative_prompts=negatives if any(negatives) else None)
 
@@ -230,10 +203,7 @@ def _index_files(folder: Path) -> list[Path]:
 
 
 def _read_json_index(path: Path) -> dict:
-    try:
-        index = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ShortcutError(f"{path}: not a valid trajectory index ({err})") from err
+    index = read_json(path)
     if not isinstance(index, dict) or index.get("format") != TRAJECTORY_FORMAT:
         raise ShortcutError(f"{path} is not a {TRAJECTORY_FORMAT!r} index")
     return index
@@ -282,11 +252,8 @@ def load_index(folder: Path) -> Optional[dict]:
     return merged
 
 
-_read_index = load_index  # the name earlier code used
-
-
 def _write_index(folder: Path, index: dict, rank: int = 0) -> None:
-    atomic_write(index_path(folder, rank), lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1)))
+    write_json(index_path(folder, rank), index)
 
 
 def _recorded_settings(settings: SamplerSettings) -> dict:
@@ -403,26 +370,6 @@ def _shard_entry(folder: Path, name: str, batch_index: int, trajectories: int, c
 # estimating what a recording needs
 
 
-def sequence_length(generator: MaskedGenerator, condition: Condition, guidance: bool) -> int:
-    """Length T of the feature sequence for ``condition`` (its longest row)."""
-    size = len(condition.labels if condition.labels is not None else condition.prompts)
-    ctx = generator.prepare(condition, size, guidance)
-    if ctx.padding is not None:
-        return int(ctx.padding.shape[1])
-    ids = ctx.extra.get("input_ids") if isinstance(ctx.extra, dict) else None
-    if torch.is_tensor(ids) and ids.dim() == 2:
-        return int(ids.shape[1])
-    one = Condition(labels=condition.labels[:1] if condition.labels is not None else None,
-                    prompts=condition.prompts[:1] if condition.prompts is not None else None,
-                    negative_prompts=condition.negative_prompts[:1] if condition.negative_prompts else None)
-    ctx = generator.prepare(one, 1, False)
-    length = generator.num_tokens
-    with torch.no_grad():
-        codes = torch.zeros(1, length, dtype=torch.long, device=generator.device)
-        feature = generator.features(codes, torch.ones_like(codes, dtype=torch.bool), ctx)
-    return int(feature.shape[1])
-
-
 def trajectory_bytes(steps: int, sequence: int, feature_dim: int, tokens: int, storage: str = "fp16") -> int:
     """Bytes one trajectory (one image, one CFG branch) takes in a shard."""
     itemsize = torch.tensor([], dtype=STORAGE_DTYPES[storage]).element_size()
@@ -437,34 +384,17 @@ def estimate_recording(generator: MaskedGenerator, conditions: Sequence[Conditio
     if not batches:
         return {"batches": 0, "trajectories": 0, "bytes": 0, "bytes_per_trajectory": 0, "sequence": 0}
     first = conditions[batches[0]]
-    sequence = sequence_length(generator, first, guidance)
+    sequence = generator.sequence_length(generator.prepare(first, first.size, guidance))
     per = trajectory_bytes(settings.steps, sequence, generator.feature_dim, generator.num_tokens, storage)
     trajectories = 0
     for i in batches:
         if isinstance(conditions, ConditionSchedule):
             size = conditions.size(i)
         else:
-            cond = conditions[i]
-            size = len(cond.labels if cond.labels is not None else cond.prompts)
+            size = conditions[i].size
         trajectories += size * branches
     return {"batches": len(batches), "trajectories": trajectories, "bytes": trajectories * per,
             "bytes_per_trajectory": per, "sequence": sequence}
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1000 or unit == "PB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} PB"
-
-
-def free_bytes(folder: Path) -> int:
-    folder = Path(folder)
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    return shutil.disk_usage(probe).free
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -549,7 +479,7 @@ def record(generator: MaskedGenerator, folder: Path, conditions: Sequence[Condit
         remaining_all = [i for i in range(total) if i not in done]
         plan = estimate_recording(generator, conditions, settings, storage, remaining_all)
         mine = sum(1 for _ in todo)
-        free = free_bytes(folder)
+        free = free_disk_bytes(folder)
         say(f"{folder}: {len(done)} of {total} batches recorded; rank {rank}/{world_size} records {mine} batches. "
             f"Estimate: {plan['bytes_per_trajectory']:,} bytes per trajectory ({settings.steps} steps x "
             f"{plan['sequence']} x {generator.feature_dim} x {storage}), {plan['trajectories']:,} trajectories "
@@ -576,7 +506,7 @@ def record(generator: MaskedGenerator, folder: Path, conditions: Sequence[Condit
                 tensors.update({f"{j}.{key}": value for key, value in item_tensors.items()})
                 items.append(info)
             del result
-            save_shard(folder / name, tensors, {"format": TRAJECTORY_FORMAT, "items": items})
+            save_safetensors(folder / name, tensors, {"format": TRAJECTORY_FORMAT, "items": items})
             del tensors
             entry = _shard_entry(folder, name, batch_index, len(items))
             index["shards"].append(entry)

@@ -9,7 +9,9 @@ import torch
 
 from .generator import MaskedGenerator, ShortcutError
 from .backends import PATH_LOADERS
-from .weights import GENERATOR_FORMAT, load_tensors, read_metadata, save_safetensors
+from .dtypes import MODEL_DTYPES, resolve_device, resolve_dtype
+from .files import load_tensors, read_metadata, save_safetensors
+from .weights import GENERATOR_FORMAT
 
 log = logging.getLogger(__name__)
 
@@ -18,29 +20,6 @@ DEMO_GENERATOR = ASSETS / "demo_generator.safetensors"
 DEMO_SHORTCUT = ASSETS / "demo_shortcut.safetensors"
 BUILTIN_GENERATORS = {"demo": DEMO_GENERATOR}
 BUILTIN_SHORTCUTS = {"demo": DEMO_SHORTCUT}
-
-FP32_MODULES = ("vq",)
-DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name not in DTYPES:
-        raise ShortcutError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
-    chosen = DTYPES[name]
-    if chosen is None:
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    return chosen
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise ShortcutError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from err
-
 
 def _backend_from_metadata(tensors: dict, metadata: dict) -> MaskedGenerator:
     backend = metadata.get("backend")
@@ -88,9 +67,7 @@ def load_generator(name: str, device: str | torch.device = "auto", dtype: str = 
                             "safetensors file, an official checkpoint or a model folder of a supported backend)")
     generator.eval().requires_grad_(False)
     generator.to(device=device)
-    for name, child in generator.named_children():
-        if name not in FP32_MODULES:  # the image decoder stays float32 whatever dtype the transformer gets
-            child.to(dtype=torch_dtype)
+    generator.cast(torch_dtype)
     return generator
 
 

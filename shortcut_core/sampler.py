@@ -19,14 +19,15 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .dtypes import AUTOCAST_DTYPES
 from .generator import Condition, MaskedGenerator, ShortcutError
 from .predictors import METHODS, make_predictor
 from .schedules import (FULL_STEP_RULES, SEARCHED, TOKEN_SCHEDULES, check_steps_budget, full_steps, searched_full_steps,
                         tokens_per_step)
+from .weights import ShortcutWeights
 
 log = logging.getLogger(__name__)
 
-AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # How a sampled token is scored for keeping: "maskgit" = log softmax(logits * sm_temp)[code] + r_temp (1 - i/(N-1)) g;
 # "dimoo" = log softmax(logits)[code] + r_temp g (Lumina-DiMOO: temperature t <=> sm_temp = 1/t, r_temp = t).
 CONFIDENCE_MODES = ("maskgit", "dimoo")
@@ -58,10 +59,11 @@ class SamplerSettings:
     def resolved_budget(self) -> int:
         return self.steps if self.budget is None else self.budget
 
-    def full_step_list(self, shortcut: Optional[torch.nn.Module] = None) -> list[int]:
+    def full_step_list(self, shortcut: Optional[ShortcutWeights] = None) -> list[int]:
         """The full steps; the ``searched`` rule reads the step-error table of the ``shortcut`` weights."""
         if self.full_steps is None and self.full_step_rule == SEARCHED:
-            return searched_full_steps(self.steps, self.resolved_budget(), getattr(shortcut, "step_errors", None))
+            return searched_full_steps(self.steps, self.resolved_budget(),
+                                       shortcut.step_errors if shortcut is not None else None)
         return full_steps(self.steps, self.resolved_budget(), self.full_step_rule, self.full_steps)
 
     def validate(self) -> None:
@@ -132,7 +134,7 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def sample(generator: MaskedGenerator, condition: Condition, settings: SamplerSettings,
-           shortcut: Optional[torch.nn.Module] = None, batch_size: Optional[int] = None,
+           shortcut: Optional[ShortcutWeights] = None, batch_size: Optional[int] = None,
            callback: Optional[Callable[[StepInfo], None]] = None) -> SampleResult:
     """Generate image codes [B, L]. Without ``shortcut`` (or with budget = steps) this is the vanilla sampler.
 
@@ -147,7 +149,7 @@ def sample(generator: MaskedGenerator, condition: Condition, settings: SamplerSe
         raise ShortcutError("batch size must be >= 1: give at least one class label or prompt")
     steps = settings.steps
     full = set(settings.full_step_list(shortcut))
-    predictor = make_predictor(settings.method, shortcut)
+    predictor = make_predictor(settings.method, shortcut.network if shortcut is not None else None)
     if predictor is None and len(full) < steps:
         raise ShortcutError(f"budget {settings.resolved_budget()} < steps {steps} needs shortcut weights; "
                             "load them, pick a training-free method (reuse, taylor1, taylor2, fewer_steps), "

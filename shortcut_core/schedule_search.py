@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .fitting import BatchContexts, _loss_weights, step_views
+from .fitting import BatchContexts, loss_weights, step_views
 from .generator import MaskedGenerator, ShortcutError
 from .recording import TrajectoryDataset
 
@@ -57,8 +57,7 @@ def measure_step_errors(generator: MaskedGenerator, network: torch.nn.Module, da
                     new = generator.new_tokens(codes, new_map, ctx)
                     feature = network(feature, new, mask_ratio, ctx.padding)
                     target = features[:, step + 1].float()
-                    position_weights = _loss_weights(generator, {"prev": target, "still_masked": still_masked}, ctx,
-                                                     "masked", target.shape[1])
+                    position_weights = loss_weights(generator, ctx, "masked", still_masked, target.shape[1])
                     squared = (feature.float() - target).pow(2).mean(dim=-1)
                     sums[steps][first, step + 1] += float((squared * position_weights).sum())
                     weights[steps][first, step + 1] += float(position_weights.sum())

@@ -111,6 +111,12 @@ def searched_full_steps(steps: int, budget: int, tables: Optional[dict]) -> list
     return search_full_steps(tables[steps], budget)
 
 
+def expected_speedup(steps: int, base_calls: int, predicted_calls: int, cost_ratio: float) -> float:
+    """N / (B + P c): time of N base-model calls over B base calls plus P predicted calls costing c each (the
+    paper's bound; ``web/schedule.js`` has its JavaScript twin). Vanilla with B steps: P = 0."""
+    return steps / (base_calls + predicted_calls * cost_ratio)
+
+
 def tokens_per_step(steps: int, num_tokens: int, schedule: str = "arccos") -> list[int]:
     """How many tokens each step unmasks (MaskGIT ``adap_sche``): always at least one, summing to L.
 

@@ -8,18 +8,19 @@ the un-normalised tensors), and ``last_layer`` LayerNorms use eps 1e-12.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .configs import DictConfig
 from .generator import NewTokens, ShortcutError
 
 
 @dataclass
-class ShortcutConfig:
+class ShortcutConfig(DictConfig):
     """Architecture of a shortcut network; stored in the weights file's metadata."""
 
     feature_dim: int
@@ -35,14 +36,6 @@ class ShortcutConfig:
     @property
     def hidden_dim(self) -> int:
         return round(self.feature_dim / self.bottleneck_ratio)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ShortcutConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
     def validate(self) -> None:
         if self.feature_dim < 1:
@@ -79,6 +72,20 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(emb.to(self.mlp[0].weight.dtype))
 
 
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: Optional[torch.Tensor],
+                     dropout_p: float = 0.0) -> torch.Tensor:
+    """Bidirectional SDPA over [R, heads, n, hd]; ``key_valid`` [R, n] (None = all valid). Rows without any valid
+    key give zeros (never NaN)."""
+    if key_valid is None or bool(key_valid.all()):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    has_key = key_valid.any(dim=1)
+    allowed = key_valid | ~has_key[:, None]  # never a fully masked row (would be NaN); zeroed below
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None, None, :], dropout_p=dropout_p)
+    if not bool(has_key.all()):
+        out = torch.where(has_key[:, None, None, None], out, torch.zeros_like(out))
+    return out
+
+
 class MultiheadProjections(nn.Module):
     """The weights of ``nn.MultiheadAttention`` (same names), applied through SDPA with separate key/value."""
 
@@ -101,11 +108,7 @@ class MultiheadProjections(nn.Module):
         q = F.linear(query, w_q, b_q).view(rows, q_len, heads, head_dim).transpose(1, 2)
         k = F.linear(key, w_k, b_k).view(rows, key.shape[1], heads, head_dim).transpose(1, 2)
         v = F.linear(value, w_v, b_v).view(rows, value.shape[1], heads, head_dim).transpose(1, 2)
-        attn_mask = None
-        if key_valid is not None and not bool(key_valid.all()):
-            attn_mask = key_valid[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                             dropout_p=self.dropout if self.training else 0.0)
+        out = masked_attention(q, k, v, key_valid, dropout_p=self.dropout if self.training else 0.0)
         out = out.transpose(1, 2).reshape(rows, q_len, dim)
         return self.out_proj(out)
 
@@ -206,6 +209,14 @@ class ShortcutNetwork(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    @classmethod
+    def config_from_state_dict(cls, state: dict, num_heads: Optional[int] = None) -> ShortcutConfig:
+        """Architecture of an official MaskGIT-Shortcut state dict (the released weights use 16 heads)."""
+        try:
+            return config_from_state_dict(state, num_heads=num_heads or 16)
+        except KeyError as err:
+            raise ShortcutError(f"not MaskGIT-Shortcut weights (missing {err})") from err
 
 
 # Architecture name -> class, or "module:Class" imported on first use (keeps heavy backends lazy). Module names

@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 from shortcut_core.backends.maskgit import MaskGITConfig, MaskGITGenerator, MaskTransformer  # noqa: E402
 from shortcut_core.backends.vqgan import VQConfig, VQModel  # noqa: E402
 from shortcut_core.shortcut import ShortcutConfig, ShortcutNetwork  # noqa: E402
+from shortcut_core.weights import ShortcutWeights  # noqa: E402
 
 
 def fixture_dir() -> Path:
@@ -47,6 +48,10 @@ def tiny_generator(seed: int = 0, grid: int = 8, identity: str = "tiny-test") ->
 def tiny_shortcut(seed: int = 1) -> ShortcutNetwork:
     torch.manual_seed(seed)
     return ShortcutNetwork(ShortcutConfig(feature_dim=64, num_heads=4)).eval()
+
+
+def tiny_weights(seed: int = 1, generator: str = "tiny-test") -> ShortcutWeights:
+    return ShortcutWeights(tiny_shortcut(seed), generator_info={"generator": generator})
 
 
 @pytest.fixture

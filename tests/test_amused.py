@@ -41,7 +41,7 @@ from shortcut_core.registry import load_generator  # noqa: E402
 from shortcut_core.sampler import SamplerSettings, sample  # noqa: E402
 from shortcut_core.schedules import tokens_per_step  # noqa: E402
 from shortcut_core.shortcut import ShortcutConfig, ShortcutNetwork, build_shortcut  # noqa: E402
-from shortcut_core.weights import load_shortcut  # noqa: E402
+from shortcut_core.weights import ShortcutWeights, load_shortcut  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MASK_ID = 39  # vocab 40, codebook 32 (aMUSEd: vocab 8256, codebook 8192, mask 8255 = vocab - 1)
@@ -150,9 +150,9 @@ def test_feature_and_head_reproduce_uvit_logits(generator):
     masked = torch.rand(batch, length) < 0.6
     ids = torch.where(masked, torch.full_like(codes, MASK_ID), codes).repeat(2, 1).view(4, 8, 8)
     with torch.no_grad():
-        reference = generator.transformer(ids, encoder_hidden_states=ctx.extra["encoder_hidden_states"],
-                                          pooled_text_emb=ctx.extra["pooled_text_emb"],
-                                          micro_conds=ctx.extra["micro_conds"])
+        reference = generator.transformer(ids, encoder_hidden_states=ctx.encoder_hidden_states,
+                                          pooled_text_emb=ctx.pooled_text_emb,
+                                          micro_conds=ctx.micro_conds)
         feature = generator.features(codes, masked, ctx)
         full = generator.head(feature, ctx, torch.ones_like(masked))
         partial = generator.head(feature, ctx, masked)
@@ -163,7 +163,7 @@ def test_feature_and_head_reproduce_uvit_logits(generator):
     assert torch.allclose(partial[where], expected[where], atol=1e-6, rtol=0)
     assert bool((partial[~where] == 0).all())
     # micro-conditioning as the pipeline: [width, height, crop 0, 0, aesthetic 6]
-    assert ctx.extra["micro_conds"][0].tolist() == [16.0, 16.0, 0.0, 0.0, 6.0]
+    assert ctx.micro_conds[0].tolist() == [16.0, 16.0, 0.0, 0.0, 6.0]
 
 
 def test_bare_context_serves_new_tokens_and_head(generator):
@@ -287,6 +287,7 @@ def test_budget_equal_steps_is_vanilla_and_shortcut_steps_run(generator):
     torch.manual_seed(4)
     net = build_shortcut(generator.default_shortcut_config()).eval()
     assert isinstance(net, AmusedShortcut) and isinstance(net, ShortcutNetwork)
+    net = ShortcutWeights(net)
     condition = Condition(prompts=["a red cat", "snow"])
     vanilla = sample(generator, condition, settings_for(generator, steps=8, seed=3))
     same = sample(generator, condition, settings_for(generator, steps=8, budget=8, seed=3), shortcut=net)
@@ -334,7 +335,7 @@ def test_record_fit_sample_end_to_end(folder, generator, tmp_path):
     assert report["val_mse"] < report["val_baseline_mse"]
 
     network = load_shortcut(out, generator)
-    assert isinstance(network, AmusedShortcut) and network.config.arch == "amused"
+    assert isinstance(network.network, AmusedShortcut) and network.config.arch == "amused"
     condition = Condition(prompts=["a red cat", "green tree"])
     vanilla = sample(generator, condition, settings_for(generator, steps=steps, seed=5))
     fast = sample(generator, condition, settings_for(generator, steps=steps, budget=4, seed=5), shortcut=network)

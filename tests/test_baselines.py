@@ -14,7 +14,7 @@ from shortcut_core.recording import TrajectoryDataset, record
 from shortcut_core.registry import ASSETS, DEMO_SHORTCUT
 from shortcut_core.schedule_search import measure_step_errors
 from shortcut_core.schedules import full_steps, schedule_error, search_full_steps, searched_full_steps
-from shortcut_core.weights import save_shortcut
+from shortcut_core.weights import ShortcutWeights, save_shortcut
 
 DEMO_CONDITION = Condition(labels=[0, 3, 6, 9])
 
@@ -131,10 +131,9 @@ def test_measured_table_travels_with_the_weights_and_drives_the_sampler(tmp_path
         total, count = total + float(squared[still].sum()), count + float(still.sum())
     assert float(reuse_table[2, 5]) == pytest.approx(total / count, rel=1e-5)
 
-    network.step_errors = {6: table.float()}
-    network.step_errors_info = {"metric": "test"}
     path = tmp_path / "with_table.safetensors"
-    save_shortcut(path, network, {"generator": generator.identity})
+    save_shortcut(path, ShortcutWeights(network, generator_info={"generator": generator.identity},
+                                        step_errors={6: table.float()}, step_errors_info={"metric": "test"}))
     loaded = load_shortcut(path, generator)
     assert torch.equal(loaded.step_errors[6], table.float())
     result = sample(generator, Condition(labels=[4]), SamplerSettings(steps=6, budget=3, full_step_rule="searched"),
@@ -158,6 +157,6 @@ def test_embedded_ablation_has_no_cross_attention_and_samples(demo):
     generator, _ = demo
     ablation = load_shortcut(ASSETS / "demo_shortcut_no_cross.safetensors", generator)
     assert not ablation.config.cross_attention
-    assert not any("cross_attn" in name for name, _ in ablation.named_parameters())
+    assert not any("cross_attn" in name for name, _ in ablation.network.named_parameters())
     result = sample(generator, Condition(labels=[5]), SamplerSettings(steps=8, budget=3), shortcut=ablation)
     assert result.base_calls == 3 and result.shortcut_calls == 5

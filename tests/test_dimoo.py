@@ -23,6 +23,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from shortcut_core import cli
+from shortcut_core.files import safetensors_files
 from shortcut_core.backends import dimoo
 from shortcut_core.backends.dimoo import (DimooGenerator, DimooShortcut, DimooTokens, check_memory, load_bytes,
                                           load_llada_transformer)
@@ -139,7 +141,7 @@ def test_base_forward_matches_official(base, tensors, meta):
 @needs_fixtures
 def test_sharded_and_single_file_load_the_same(base, meta):
     sharded_dir = FIXTURES / "lumina_dimoo_tiny_sharded"
-    assert len(dimoo.weight_files(sharded_dir)) > 1
+    assert len(safetensors_files(sharded_dir)) > 1
     sharded = load_llada_transformer(sharded_dir, "cpu", torch.float32)
     a, b = base.state_dict(), sharded.state_dict()
     assert a.keys() == b.keys()
@@ -159,17 +161,17 @@ def test_generator_layout_and_padded_batch_match_official(fixture_generator, ten
     codes = torch.zeros(1, length, dtype=torch.long)
     masked = torch.ones(1, length, dtype=torch.bool)
     ids = gen.sequence_ids(codes, masked, ctx)
-    lengths = ctx.extra["lengths"]
+    lengths = ctx.lengths
     assert torch.equal(ids[0, : lengths[0]], io["cond.input_ids"][0])
     assert torch.equal(ids[1, : lengths[1]], io["uncond.input_ids"][0])
     assert lengths[1] < lengths[0] and ctx.padding is not None
     assert torch.equal(ctx.padding, torch.arange(ids.shape[1])[None] >= torch.tensor(lengths)[:, None])
-    assert ctx.extra["prompt_lengths"][0] + 2 == meta["prompt"]["code_start"]
+    assert ctx.prompt_lengths[0] + 2 == meta["prompt"]["code_start"]
     vq_mask = io["cond.input_ids"][0] == meta["tokens"]["mask_token"]
     single = gen.prepare(Condition(prompts=[PROMPT]), 1, guidance=False)
-    assert torch.equal(gen.image_positions(single), vq_mask.nonzero()[:, 0])
-    with pytest.raises(ShortcutError, match="different positions"):
-        gen.image_positions(ctx)  # cond and uncond prompts differ in length
+    assert torch.equal(gen.image_positions(single)[0], vq_mask.nonzero()[:, 0])
+    positions = gen.image_positions(ctx)  # cond and uncond prompts differ in length: different positions per row
+    assert torch.equal(positions[0] - positions[1], torch.full_like(positions[0], lengths[0] - lengths[1]))
 
     offset, k = meta["tokens"]["image_token_offset"], meta["tokens"]["codebook_size"]
     for mode in ("padded", "by_length"):  # one masked call, then one unmasked call per row length (official way)
@@ -253,14 +255,15 @@ def test_shortcut_matches_official(shortcut_net, base, tensors, meta):
 def test_official_shortcut_file_loads_through_load_shortcut(fixture_generator, meta, tmp_path):
     net = load_shortcut(FIXTURES / "dimoo_shortcut_tiny.pth", fixture_generator,
                         num_heads=fixture_generator.shortcut_num_heads)
-    assert isinstance(net, DimooShortcut) and shortcut_class("dimoo") is DimooShortcut
+    assert isinstance(net.network, DimooShortcut) and shortcut_class("dimoo") is DimooShortcut
     assert net.config.num_heads == meta["shortcut_config"]["n_heads"]
     # our own safetensors format keeps the full config (heads included) in its metadata
     path = tmp_path / "dimoo_shortcut.safetensors"
-    save_shortcut(path, net, fixture_generator.describe())
+    net.generator_info = fixture_generator.describe()
+    save_shortcut(path, net)
     again = load_shortcut(path, fixture_generator)
     assert again.config.to_dict() == net.config.to_dict()
-    for (ka, va), (kb, vb) in zip(net.state_dict().items(), again.state_dict().items()):
+    for (ka, va), (kb, vb) in zip(net.network.state_dict().items(), again.network.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
 
 
@@ -285,7 +288,7 @@ def test_official_trajectory_replayed_with_our_components(fixture_generator, sho
     assert [s["n_masked_at_start"] - s["keep_n"] for s in info["steps"]] == counts
 
     ctx = gen.prepare(Condition(prompts=[PROMPT]), 1, guidance=True)
-    len_u = ctx.extra["lengths"][1]
+    len_u = ctx.lengths[1]
     rng = torch.Generator().manual_seed(info["sampling_seed"])
     codes = torch.zeros(1, length, dtype=torch.long)
     masked = torch.ones(1, length, dtype=torch.bool)
@@ -460,7 +463,7 @@ def test_local_folder_loads_through_the_registry(tiny_folder, tiny_generator):
     # meta-device build + per-shard fill: every parameter real, fp32, same values as the bf16 files
     from safetensors.torch import load_file
     stored = {}
-    for f in dimoo.weight_files(tiny_folder):
+    for f in safetensors_files(tiny_folder):
         stored.update(load_file(str(f)))
     for name, p in gen.transformer.named_parameters():
         assert not p.is_meta and p.dtype == torch.float32
@@ -493,11 +496,12 @@ def test_local_end_to_end_vanilla_shortcut_and_decode(tiny_generator, tiny_short
 
 
 def test_batch_of_different_prompt_lengths_matches_each_prompt_alone(tiny_generator, tiny_shortcut):
-    gen, net = tiny_generator, tiny_shortcut
+    gen, weights = tiny_generator, tiny_shortcut
+    net = weights.network
     prompts = ["a red cat", "a small blue dog sitting on green grass , photo of a house"]
     both = Condition(prompts=prompts, negative_prompts=["a photo", "a photo"])
     ctx = gen.prepare(both, 2, guidance=True)
-    lengths = ctx.extra["lengths"]
+    lengths = ctx.lengths
     assert len(set(lengths[:2])) == 2 and ctx.padding is not None  # cond rows differ, so everything is padded
 
     # (1) numbers: at a mid-run state, every row of the padded batch equals that row run alone (features, image
@@ -519,7 +523,7 @@ def test_batch_of_different_prompt_lengths_matches_each_prompt_alone(tiny_genera
         for b in range(2):
             alone = Condition(prompts=[prompts[b]], negative_prompts=["a photo"])
             ctx1 = gen.prepare(alone, 1, guidance=True)
-            assert ctx1.extra["lengths"] == [lengths[b], lengths[2 + b]]
+            assert ctx1.lengths == [lengths[b], lengths[2 + b]]
             f1 = gen.features(codes[b:b + 1], masked[b:b + 1], ctx1)
             l1 = gen.head(f1, ctx1, masked[b:b + 1])
             n1 = gen.new_tokens(codes[b:b + 1], new_map[b:b + 1], ctx1)
@@ -539,7 +543,7 @@ def test_batch_of_different_prompt_lengths_matches_each_prompt_alone(tiny_genera
     # makes the Gumbel term negligible, r_temp 0, confidence from the unscaled logits) sampling is a function of
     # the logits only, and every row of the batch must give the tokens of its prompt alone.
     greedy = dict(sm_temp=1e6, r_temp=0.0, confidence="dimoo", steps=6)
-    for budget, shortcut in ((None, None), (3, net)):
+    for budget, shortcut in ((None, None), (3, weights)):
         settings = tiny_settings(gen, budget=budget, **greedy)
         batch = sample(gen, both, settings, shortcut=shortcut).codes
         for b in range(2):
@@ -585,10 +589,10 @@ def test_tokenizer_needing_remote_code_is_refused_clearly(tiny_folder, tmp_path)
 def test_text_arguments_and_size(tiny_generator):
     gen = tiny_generator
     parser = argparse.ArgumentParser()
-    dimoo.add_text_arguments(parser)
+    cli.add_text_arguments(parser)
     args = parser.parse_args(["--prompt", "a red cat", "--prompt", "a blue dog", "--negative-prompt", "grass",
                               "--width", "64", "--height", "32"])
-    condition = dimoo.text_condition_from_args(gen, args, batch=3)
+    condition = cli.text_condition(gen, args, batch=3)
     assert condition.prompts == ["a red cat", "a blue dog", "a red cat"]
     assert condition.negative_prompts == ["grass"] * 3
     assert gen.grid_size == (2, 4)
@@ -596,7 +600,7 @@ def test_text_arguments_and_size(tiny_generator):
         gen.set_image_size(100, 64)
     gen.set_image_size(96, 64)
     with pytest.raises(ShortcutError, match="--prompt"):
-        dimoo.text_condition_from_args(gen, parser.parse_args([]))
+        cli.text_condition(gen, parser.parse_args([]))
 
 
 def test_sampler_defaults_unchanged():

@@ -177,10 +177,10 @@ def _shortcut_inputs(gen, data):
     return gen.new_tokens(codes, new_map[:, :length], ctx), ctx
 
 
-def _run_shortcut(gen, network, data):
+def _run_shortcut(gen, weights, data):
     new, ctx = _shortcut_inputs(gen, data)
     with torch.no_grad():
-        feature = network(data["prev_feat"], new, data["mask_ratio"])
+        feature = weights.network(data["prev_feat"], new, data["mask_ratio"])
         logits = gen.head(feature, ctx, torch.ones(feature.shape[0], gen.num_tokens, dtype=torch.bool))
     return feature, logits
 
@@ -242,7 +242,7 @@ def test_shortcut_matches_reference_as_shipped(source, generators, official, con
 
 
 def test_official_shortcut_has_no_identity_and_fits_any_maskgit(generators, official, converted, heads):
-    from shortcut_core.weights import read_metadata
+    from shortcut_core.files import read_metadata
 
     assert read_metadata(converted["shortcut"])["generator"] == ""
     for gen in generators.values():
@@ -262,7 +262,7 @@ def test_shortcut_refused_on_wrong_feature_size(official, tmp_path, meta):
 
 def test_converted_files_record_what_they_are(converted, official, meta, heads):
     from safetensors import safe_open
-    from shortcut_core.weights import read_metadata
+    from shortcut_core.files import read_metadata
 
     transformer = read_metadata(converted["transformer"])
     assert transformer["format"] == mo.OFFICIAL_FORMAT and transformer["kind"] == mo.KIND_TRANSFORMER

@@ -13,7 +13,7 @@ from shortcut_core import ShortcutError, metrics
 from shortcut_core.metrics import (DEMO_CLASSIFIER, demo_quality, feature_cosine, feature_statistics,
                                    frechet_distance, frechet_distance_from_features, kernel_inception_distance,
                                    load_demo_classifier, logits_kl, psnr, tf_bilinear_resize, token_agreement)
-from shortcut_core.weights import read_metadata
+from shortcut_core.files import read_metadata
 
 sys.path.insert(0, str(ROOT / "train"))
 from shapes import CLASS_NAMES, render, render_dataset  # noqa: E402

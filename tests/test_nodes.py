@@ -298,10 +298,11 @@ def weights(pack, tmp_path_factory):
     core.save_generator(base / "tiny.safetensors", gen)
     torch.manual_seed(1)
     net = core.ShortcutNetwork(core.ShortcutConfig(feature_dim=64, num_heads=4))
-    core.save_shortcut(base / "tiny_shortcut.safetensors", net, gen.describe())
-    core.save_shortcut(base / "wrong_size.safetensors",
-                       core.ShortcutNetwork(core.ShortcutConfig(feature_dim=32, num_heads=4)), {"generator": "x"})
-    core.save_shortcut(base / "other_generator.safetensors", net, {"generator": "some-other-generator"})
+    core.save_shortcut(base / "tiny_shortcut.safetensors", core.ShortcutWeights(net, gen.describe()))
+    core.save_shortcut(base / "wrong_size.safetensors", core.ShortcutWeights(
+        core.ShortcutNetwork(core.ShortcutConfig(feature_dim=32, num_heads=4)), {"generator": "x"}))
+    core.save_shortcut(base / "other_generator.safetensors",
+                       core.ShortcutWeights(net, {"generator": "some-other-generator"}))
     return base
 
 
@@ -443,7 +444,7 @@ def test_sampler_makes_class_dependent_images_and_hands_models_to_comfy(pack, co
     stats = out.ui["shortcut_stats"][0]
     assert (stats["base_calls"], stats["shortcut_calls"]) == (4, 4)
     assert stats["full_steps"] == [0, 2, 4, 6]
-    assert {p.model.inner for p, _ in comfy.loaded} == {gen.generator, sc.network}
+    assert {p.model.inner for p, _ in comfy.loaded} == {gen.generator, sc.weights.network}
     assert all(force for _, force in comfy.loaded)
     other = run(pack.sampling.ShortcutMaskedSampler, generator=gen, shortcut=sc,
                 **sampler_inputs(pack, class_name="shape7"))

@@ -3,9 +3,10 @@ callbacks and the errors users see."""
 import pytest
 import torch
 
-from conftest import tiny_generator, tiny_shortcut
+from conftest import tiny_generator, tiny_weights
 from shortcut_core import Condition, SamplerSettings, ShortcutError, sample, tokens_per_step
 from shortcut_core.sampler import StepInfo
+from shortcut_core.weights import ShortcutWeights
 
 LABELS = Condition(labels=[0, 3, 7])
 
@@ -13,14 +14,14 @@ LABELS = Condition(labels=[0, 3, 7])
 def test_budget_equal_to_steps_gives_the_vanilla_result_token_for_token(tiny):
     settings = SamplerSettings(steps=8, seed=5)
     vanilla = sample(tiny, LABELS, settings)
-    with_shortcut = sample(tiny, LABELS, SamplerSettings(steps=8, budget=8, seed=5), shortcut=tiny_shortcut())
+    with_shortcut = sample(tiny, LABELS, SamplerSettings(steps=8, budget=8, seed=5), shortcut=tiny_weights())
     assert torch.equal(vanilla.codes, with_shortcut.codes)
     assert with_shortcut.shortcut_calls == 0 and with_shortcut.base_calls == 8
 
 
 def test_shortcut_steps_follow_the_full_step_schedule(tiny):
     seen = []
-    result = sample(tiny, LABELS, SamplerSettings(steps=12, budget=5, seed=1), shortcut=tiny_shortcut(),
+    result = sample(tiny, LABELS, SamplerSettings(steps=12, budget=5, seed=1), shortcut=tiny_weights(),
                     callback=lambda info: seen.append(info.is_full))
     assert result.full_steps == [0, 2, 5, 7, 10]
     assert [i for i, full in enumerate(seen) if full] == result.full_steps
@@ -35,16 +36,16 @@ def test_each_step_decodes_the_scheduled_number_of_tokens(tiny):
 
 
 def test_every_position_is_decoded_once_and_codes_are_in_range(tiny):
-    result = sample(tiny, LABELS, SamplerSettings(steps=6, budget=3), shortcut=tiny_shortcut())
+    result = sample(tiny, LABELS, SamplerSettings(steps=6, budget=3), shortcut=tiny_weights())
     assert (result.decode_order >= 0).all()
     assert result.codes.min() >= 0 and result.codes.max() < tiny.codebook_size
 
 
 def test_same_seed_same_tokens_other_seed_other_tokens(tiny):
     settings = SamplerSettings(steps=6, budget=3, seed=11)
-    first = sample(tiny, LABELS, settings, shortcut=tiny_shortcut()).codes
-    again = sample(tiny, LABELS, settings, shortcut=tiny_shortcut()).codes
-    other = sample(tiny, LABELS, SamplerSettings(steps=6, budget=3, seed=12), shortcut=tiny_shortcut()).codes
+    first = sample(tiny, LABELS, settings, shortcut=tiny_weights()).codes
+    again = sample(tiny, LABELS, settings, shortcut=tiny_weights()).codes
+    other = sample(tiny, LABELS, SamplerSettings(steps=6, budget=3, seed=12), shortcut=tiny_weights()).codes
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
 
@@ -58,7 +59,7 @@ def test_shortcut_sees_previous_feature_new_tokens_and_mask_ratio_before_the_ste
             return prev
 
     infos: list[StepInfo] = []
-    sample(tiny, LABELS, SamplerSettings(steps=5, budget=2, cfg_scale=2.0), shortcut=Spy(), callback=infos.append)
+    sample(tiny, LABELS, SamplerSettings(steps=5, budget=2, cfg_scale=2.0), shortcut=ShortcutWeights(Spy()), callback=infos.append)
     full = [0, 2]
     shortcut_steps = [i for i in range(5) if i not in full]
     assert len(calls) == len(shortcut_steps)
@@ -121,5 +122,5 @@ def test_decode_gives_images_in_unit_range(tiny):
 
 def test_bfloat16_autocast_runs_on_cpu():
     generator = tiny_generator()
-    result = sample(generator, LABELS, SamplerSettings(steps=4, budget=2, autocast="bf16"), shortcut=tiny_shortcut())
+    result = sample(generator, LABELS, SamplerSettings(steps=4, budget=2, autocast="bf16"), shortcut=tiny_weights())
     assert result.steps_run == 4

@@ -81,7 +81,7 @@ def reference(saved):
     torch.set_num_threads(1)
     network, report = fit_shortcut(generator, TrajectoryDataset(data), config(), FitSettings(**FIT),
                                    run=RunOptions(progress=False))
-    return {k: v.detach().clone() for k, v in network.state_dict().items()}, report
+    return {k: v.detach().clone() for k, v in network.network.state_dict().items()}, report
 
 
 def assert_same_weights(state: dict, expected: dict, atol: float) -> None:
@@ -122,15 +122,15 @@ def test_fit_killed_with_sigkill_and_resumed_ends_like_an_uninterrupted_run(save
     # (0.1 s after the step-10 checkpoint) lands between two checkpoints, whatever the machine's speed
     wrapper = ("import runpy, sys, time\n"
                f"sys.path.insert(0, {str(ROOT)!r})\n"
-               "import shortcut_core.fitting as fitting\n"
-               "save, views = fitting.save_checkpoint, fitting.step_views\n"
+               "import shortcut_core.fitting.data as data, shortcut_core.fitting.loop as loop\n"
+               "save, views = loop.save_checkpoint, data.step_views\n"
                "def announce(path, state):\n"
                "    save(path, state)\n"
                "    print('CKPT', state['step'], flush=True)\n"
                "def slow_views(*args):\n"
                "    time.sleep(0.03)\n"
                "    return views(*args)\n"
-               "fitting.save_checkpoint, fitting.step_views = announce, slow_views\n"
+               "loop.save_checkpoint, data.step_views = announce, slow_views\n"
                "sys.argv = sys.argv[1:]\n"
                "runpy.run_path(sys.argv[0], run_name='__main__')\n")
     proc = subprocess.Popen([sys.executable, "-c", wrapper, *args[1:]], stdout=subprocess.PIPE,
@@ -163,7 +163,7 @@ def test_max_steps_stops_and_resume_continues_exactly_with_memory_mapped_data(sa
     run = RunOptions(checkpoint=ckpt, resume=True, progress=False, data_in_memory="no")
     network, report = fit_shortcut(generator, TrajectoryDataset(data), config(), FitSettings(**FIT), run=run)
     assert report["complete"] and report["data_mode"] == "memory-mapped"
-    assert_same_weights(network.state_dict(), reference[0], atol=0)
+    assert_same_weights(network.network.state_dict(), reference[0], atol=0)
     with pytest.raises(ShortcutError, match="other settings"):
         fit_shortcut(generator, TrajectoryDataset(data), config(), FitSettings(**{**FIT, "lr": 5e-4}),
                      run=RunOptions(checkpoint=ckpt, resume=True, progress=False))
@@ -181,7 +181,7 @@ def test_rollout_kl_and_bf16_autocast_train_the_same_on_both_readers(saved):
         network, report = fit_shortcut(generator, TrajectoryDataset(data), config(), settings,
                                        run=RunOptions(progress=False, data_in_memory=mode))
         assert report["train_pairs"] == 9 * (SETTINGS.steps - 2)  # 9 train trajectories, starts 0..S-3
-        states.append(network.state_dict())
+        states.append(network.network.state_dict())
     assert_same_weights(states[0], states[1], atol=0)
     _, report = fit_shortcut(generator, TrajectoryDataset(data), config(),
                              FitSettings(**{**FIT, "steps": 4, "eval_every": 4, "amp": "bf16"}),
@@ -317,7 +317,7 @@ def test_disk_estimate_matches_the_shards_and_a_full_disk_is_refused(saved, tmp_
     payload = trajectory_bytes(SETTINGS.steps, 65, 64, 64, "fp16") - 640
     assert payload < actual <= plan["bytes_per_trajectory"]
     import shortcut_core.recording as recording
-    monkeypatch.setattr(recording, "free_bytes", lambda folder: 10_000)
+    monkeypatch.setattr(recording, "free_disk_bytes", lambda folder: 10_000)
     with pytest.raises(ShortcutError, match="not enough disk space"):
         record(generator, tmp_path / "full", conditions, SETTINGS)
     assert not list((tmp_path / "full").glob("shard-*"))
@@ -365,7 +365,7 @@ def test_online_fit_stores_nothing_and_resumes_exactly(saved, tmp_path):
     resumed, _ = fit_shortcut_online(generator, conditions, sampler, config(), settings, online,
                                      run=RunOptions(progress=False, checkpoint=ckpt, resume=True))
     assert sorted(p.name for p in work.iterdir()) == ["online.ckpt"]
-    assert_same_weights(resumed.state_dict(), network.state_dict(), atol=0)
+    assert_same_weights(resumed.network.state_dict(), network.network.state_dict(), atol=0)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -413,14 +413,14 @@ def test_dimoo_rows_get_back_their_recording_context_and_fit(tmp_path):
         real = generator.prepare(condition, 2, True)
         rows = slice(4 * b, 4 * b + 4)
         expected = generator.new_tokens(batch["codes"][rows][:2], batch["new_map"][rows][:2], real)
-        assert torch.equal(ctx.extra["image_index"][rows], real.extra["image_index"])
+        assert torch.equal(ctx.image_index[rows], real.image_index)
         for r in range(4):
             n = int(expected.valid[r].sum())
             assert int(new.valid[4 * b + r].sum()) == n
             assert torch.equal(new.positions[4 * b + r, :n], expected.positions[r, :n])
             assert torch.equal(new.embeddings[4 * b + r, :n], expected.embeddings[r, :n])
         head = generator.head(batch["prev"][rows], ctx.__class__(4, 1, ctx.device, None,
-                                                                 {"image_index": ctx.extra["image_index"][rows]}),
+                                                                 image_index=ctx.image_index[rows]),
                               batch["still_masked"][rows])
         real_head = generator.head(batch["prev"][rows], real, batch["still_masked"][rows][:2])
         where = batch["still_masked"][rows]
@@ -430,5 +430,5 @@ def test_dimoo_rows_get_back_their_recording_context_and_fit(tmp_path):
                                                loss_positions="all"), run=RunOptions(progress=False))
     assert report["val_mse"] == report["val_mse"] and report["data_mode"] == "memory-list"
     out = tmp_path / "dimoo-shortcut.safetensors"
-    save_shortcut(out, network, generator.describe(), training=report)
+    save_shortcut(out, network)
     assert load_shortcut(out, generator).config.arch == "dimoo"

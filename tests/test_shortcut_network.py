@@ -33,7 +33,7 @@ def _base(folder, meta):
 def test_shortcut_reproduces_official_next_feature_and_logits(upstream):
     folder, meta = upstream
     heads = meta["maskgit_shortcut_config"]["num_heads"]
-    network = load_shortcut(folder / "maskgit_shortcut.pth", num_heads=heads)
+    network = load_shortcut(folder / "maskgit_shortcut.pth", num_heads=heads).network
     assert network.config.feature_dim == meta["maskgit_shortcut_config"]["hidden_dim"]
     assert network.config.n_blocks == meta["maskgit_shortcut_config"]["n_block"]
     assert network.config.bottleneck_ratio == meta["maskgit_shortcut_config"]["bottleneck_ratio"]

@@ -2,13 +2,15 @@
 import pytest
 import torch
 
-from conftest import tiny_generator, tiny_shortcut
-from shortcut_core import ShortcutConfig, ShortcutError, ShortcutNetwork, load_generator, load_shortcut, save_generator, save_shortcut
+from conftest import tiny_generator, tiny_weights
+from shortcut_core import (ShortcutConfig, ShortcutError, ShortcutNetwork, ShortcutWeights, load_generator, load_shortcut,
+                           save_generator, save_shortcut)
 
 
 def test_shortcut_for_another_feature_size_is_refused(tmp_path):
     path = tmp_path / "wide.safetensors"
-    save_shortcut(path, ShortcutNetwork(ShortcutConfig(feature_dim=96, num_heads=4)), {"generator": "tiny-test"})
+    save_shortcut(path, ShortcutWeights(ShortcutNetwork(ShortcutConfig(feature_dim=96, num_heads=4)),
+                                        generator_info={"generator": "tiny-test"}))
     with pytest.raises(ShortcutError, match="features of size 96, but generator 'tiny-test' has 64"):
         load_shortcut(path, tiny_generator())
 
@@ -22,7 +24,7 @@ def test_generator_file_given_as_shortcut_names_the_expected_format(tmp_path):
 
 def test_truncated_or_foreign_files_give_clear_errors(tmp_path):
     path = tmp_path / "short.safetensors"
-    save_shortcut(path, tiny_shortcut(), {"generator": "tiny-test"})
+    save_shortcut(path, tiny_weights())
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(ShortcutError, match="short.safetensors"):
         load_shortcut(path, tiny_generator())

@@ -97,15 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def shortcut_config(generator, args) -> ShortcutConfig:
-    if hasattr(generator, "default_shortcut_config"):
-        config = generator.default_shortcut_config(bottleneck_ratio=args.bottleneck_ratio, n_blocks=args.blocks)
-        if args.heads:
-            config.num_heads = args.heads
-    else:
-        width = round(generator.feature_dim / args.bottleneck_ratio)
-        config = ShortcutConfig(feature_dim=generator.feature_dim, bottleneck_ratio=args.bottleneck_ratio,
-                                n_blocks=args.blocks, num_heads=args.heads or max(1, width // 32),
-                                arch=generator.shortcut_arch)
+    config = generator.default_shortcut_config(bottleneck_ratio=args.bottleneck_ratio, n_blocks=args.blocks,
+                                               num_heads=args.heads)
     config.cross_attention = not args.no_cross_attention
     return config
 
@@ -139,20 +132,18 @@ def main() -> int:
                                     refresh_every=args.online_refresh, val_batches=args.online_val_batches,
                                     storage=args.storage)
             config = shortcut_config(generator, args)
-            network, report = fit_shortcut_online(generator, conditions, sampler, config, settings, online,
+            weights, report = fit_shortcut_online(generator, conditions, sampler, config, settings, online,
                                                   log_path=Path(args.log) if args.log else None, run=run, dist=dist)
             source = "online"
         else:
             dataset = TrajectoryDataset(Path(args.data), on_bad=args.bad_shards, verify=args.verify_shards)
-            size = dataset.index["generator"].get("image_size")
-            if size and hasattr(generator, "set_image_size"):
-                generator.set_image_size(*size)
             config = shortcut_config(generator, args)
-            network, report = fit_shortcut(generator, dataset, config, settings,
+            weights, report = fit_shortcut(generator, dataset, config, settings,
                                            log_path=Path(args.log) if args.log else None, run=run, dist=dist)
             source = str(args.data)
         if dist.main:
-            save_shortcut(Path(args.out), network, generator.describe(), training={**report, "data": source})
+            weights.training = {**report, "data": source}
+            save_shortcut(Path(args.out), weights)
     except ShortcutError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

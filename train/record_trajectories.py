@@ -27,7 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shortcut_core.generator import ShortcutError  # noqa: E402
-from shortcut_core.recording import condition_schedule, human_bytes, record  # noqa: E402
+from shortcut_core.cli import add_size_arguments, apply_image_size  # noqa: E402
+from shortcut_core.files import human_bytes  # noqa: E402
+from shortcut_core.recording import condition_schedule, record  # noqa: E402
 from shortcut_core.registry import load_generator  # noqa: E402
 from shortcut_core.sampler import SamplerSettings  # noqa: E402
 
@@ -54,8 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt", action="append", default=None, help="a text prompt (repeatable)")
     parser.add_argument("--prompts", default=None, help="prompt file: one per line, or .jsonl")
     parser.add_argument("--negative-prompt", default=None)
-    parser.add_argument("--width", type=int, default=None, help="image width in px (generators with a variable size)")
-    parser.add_argument("--height", type=int, default=None)
+    add_size_arguments(parser)
     parser.add_argument("--rank", type=int, default=None, help="this writer's rank (default: $RANK or 0)")
     parser.add_argument("--world-size", type=int, default=None, help="number of writers (default: $WORLD_SIZE or 1)")
     parser.add_argument("--no-disk-check", action="store_true", help="record even if the estimate exceeds free space")
@@ -74,11 +75,7 @@ def main() -> int:
         device = f"cuda:{env_int('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
     try:
         generator = load_generator(args.generator, device=device, dtype=args.dtype)
-        if args.width is not None or args.height is not None:
-            if not hasattr(generator, "set_image_size"):
-                raise ShortcutError(f"generator {generator.identity!r} has a fixed size; drop --width/--height")
-            width, height = generator.image_size
-            generator.set_image_size(args.width or width, args.height or height)
+        apply_image_size(generator, args.width, args.height)
         settings = SamplerSettings.for_generator(generator)
         if args.steps is not None:
             settings.steps = args.steps

@@ -23,7 +23,7 @@ from shortcut_core.recording import TrajectoryDataset  # noqa: E402
 from shortcut_core.registry import load_generator, shortcut_path  # noqa: E402
 from shortcut_core.schedule_search import measure_step_errors  # noqa: E402
 from shortcut_core.schedules import full_steps, schedule_error, search_full_steps  # noqa: E402
-from shortcut_core.weights import read_metadata, save_shortcut, load_shortcut  # noqa: E402
+from shortcut_core.weights import load_shortcut, save_shortcut  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -42,21 +42,21 @@ def main(argv=None) -> int:
             raise ShortcutError(f"{source}: convert it to safetensors first (python -m shortcut_core convert), "
                                 "the step-error table is stored in a safetensors file")
         generator = load_generator(args.generator, device=args.device)
-        network = load_shortcut(source, generator)
+        weights = load_shortcut(source, generator)
         dataset = TrajectoryDataset(Path(args.data))
         if dataset.index["generator"].get("generator") != generator.identity:
             raise ShortcutError(f"{args.data} holds trajectories of {dataset.index['generator'].get('generator')!r}, "
                                 f"not of generator {generator.identity!r}")
-        tables = measure_step_errors(generator, network, dataset, batch_size=args.batch_size)
-        metadata = read_metadata(source)
-        network.step_errors = {steps: table.float() for steps, table in tables.items()}
-        network.step_errors_info = {
+        tables = measure_step_errors(generator, weights.network, dataset, batch_size=args.batch_size)
+        weights.step_errors = {steps: table.float() for steps, table in tables.items()}
+        weights.step_errors_info = {
             "metric": "MSE of the chained shortcut feature over still-masked positions, teacher-forced tokens",
             "data": str(args.data), "trajectories": len(dataset),
             "recorded_settings": dataset.index.get("settings", {})}
-        out = Path(args.out or source)
-        save_shortcut(out, network.float(), metadata.get("generator_info") or {"generator": generator.identity},
-                      metadata.get("training"))
+        if not weights.generator:
+            weights.generator_info = {"generator": generator.identity}
+        weights.network.float()
+        save_shortcut(Path(args.out or source), weights)
     except ShortcutError as err:
         parser.exit(2, f"error: {err}\n")
     for steps, table in sorted(tables.items()):

@@ -34,7 +34,7 @@ from shortcut_core.metrics import (CLASSIFIER_FORMAT, DemoClassifier, DemoClassi
                                    ReferenceStatistics, classifier_outputs, classifier_tensors, feature_statistics,
                                    frechet_distance)
 from shortcut_core.registry import load_generator  # noqa: E402
-from shortcut_core.weights import load_tensors, read_metadata, save_safetensors  # noqa: E402
+from shortcut_core.files import load_tensors, read_metadata, save_safetensors  # noqa: E402
 
 log = logging.getLogger("train_classifier")
 

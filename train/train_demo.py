@@ -28,7 +28,7 @@ from shapes import CLASS_NAMES, render_dataset  # noqa: E402
 from shortcut_core.backends.maskgit import MaskGITConfig, MaskGITGenerator, MaskTransformer  # noqa: E402
 from shortcut_core.backends.vqgan import VQConfig, VQModel  # noqa: E402
 from shortcut_core.registry import save_generator  # noqa: E402
-from shortcut_core.weights import atomic_write, load_tensors, save_safetensors  # noqa: E402
+from shortcut_core.files import atomic_write, load_tensors, save_safetensors  # noqa: E402
 
 log = logging.getLogger("train_demo")
 

@@ -42,8 +42,10 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ..generator import Condition, Context, MaskedGenerator, NewTokens, ShortcutError, gather_new_tokens
+from ..files import read_json, weight_variant
+from ..generator import Condition, Context, MaskedGenerator, NewTokens, ShortcutError, gather_new_tokens, per_row
 from ..shortcut import ShortcutConfig, ShortcutNetwork, config_from_state_dict
+from .diffusers_vq import decode_vq, load_vq
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,14 @@ def _square_grid(length: int) -> tuple[int, int]:
 
 
 @dataclass
+class AmusedContext(Context):
+    encoder_hidden_states: Optional[torch.Tensor] = per_row()  # [R, 77, E] CLIP hidden_states[-2]
+    pooled_text_emb: Optional[torch.Tensor] = per_row()  # [R, P] CLIP text_embeds
+    micro_conds: Optional[torch.Tensor] = per_row()  # [R, 5] width, height, crop, aesthetic score
+    grid: Optional[tuple] = None  # (h, w) token grid of the run
+
+
+@dataclass
 class GridNewTokens(NewTokens):
     """``NewTokens`` that also say the token grid (h, w), so the shortcut can place its queries."""
 
@@ -129,7 +139,6 @@ class AmusedGenerator(MaskedGenerator):
                                 f"{self.codebook_size}: vqvae/ and transformer/ are not from the same aMUSEd model")
         self.vq_scale = 2 ** (len(vq.config.block_out_channels) - 1) if vq is not None else 16
         self.cell = self.vq_scale * (2 if cfg.downsample else 1)  # the down/up blocks halve/double the grid
-        self.shortcut_num_heads = None
         self.default_settings = dict(DEFAULT_SETTINGS if default_settings is None else default_settings)
         self._pos_scale: Optional[float] = None
         native = int(cfg.sample_size) * self.vq_scale
@@ -155,7 +164,7 @@ class AmusedGenerator(MaskedGenerator):
         self.grid_size = (height // self.vq_scale, width // self.vq_scale)
 
     def _grid(self, ctx: Context, length: Optional[int] = None) -> tuple[int, int]:
-        grid = tuple(ctx.extra.get("grid", self.grid_size))
+        grid = tuple(ctx.grid) if isinstance(ctx, AmusedContext) else self.grid_size
         if length is not None and grid[0] * grid[1] != length:
             raise ShortcutError(f"{length} token positions do not fit the {grid[0]} x {grid[1]} grid of "
                                 f"{self.image_size[0]} x {self.image_size[1]} px: trajectories and shortcut fitting "
@@ -174,12 +183,10 @@ class AmusedGenerator(MaskedGenerator):
 
     def prepare(self, condition: Condition, batch_size: int, guidance: bool) -> Context:
         self.check_condition(condition, batch_size)
-        negatives = list(condition.negative_prompts or [])
-        if negatives and len(negatives) not in (1, batch_size):
-            raise ShortcutError(f"give one negative prompt, or one per image ({batch_size}); got {len(negatives)}")
+        negatives = condition.negatives(batch_size)
         texts = [str(p) for p in condition.prompts]
         if guidance:
-            texts += [str(negatives[b if len(negatives) > 1 else 0]) if negatives else "" for b in range(batch_size)]
+            texts += [negative or "" for negative in negatives]
         unique = list(dict.fromkeys(texts))
         pooled, states = self.encode_prompts(unique)
         pick = torch.tensor([unique.index(t) for t in texts], device=pooled.device)
@@ -187,9 +194,9 @@ class AmusedGenerator(MaskedGenerator):
         width, height = self.image_size
         micro = torch.tensor([width, height, CROP_COORDS[0], CROP_COORDS[1], AESTHETIC_SCORE],
                              device=states.device, dtype=states.dtype)
-        return Context(batch_size=batch_size, branches=2 if guidance else 1, device=self.device,
-                       extra={"encoder_hidden_states": states, "pooled_text_emb": pooled,
-                              "micro_conds": micro[None].expand(len(texts), -1), "grid": self.grid_size})
+        return AmusedContext(batch_size=batch_size, branches=2 if guidance else 1, device=self.device,
+                             encoder_hidden_states=states, pooled_text_emb=pooled,
+                             micro_conds=micro[None].expand(len(texts), -1), grid=self.grid_size)
 
     # -- model calls -----------------------------------------------------------------------------------------
 
@@ -199,11 +206,11 @@ class AmusedGenerator(MaskedGenerator):
         return ids.repeat(ctx.branches, 1).view(-1, height, width)
 
     def _conditioning(self, ctx: Context) -> dict:
-        try:
-            return {key: ctx.extra[key] for key in ("encoder_hidden_states", "pooled_text_emb", "micro_conds")}
-        except KeyError:
+        if not isinstance(ctx, AmusedContext):
             raise ShortcutError("aMUSEd needs the Context built by its prepare() (prompts condition the base model); "
-                                "a bare Context only serves new_tokens and head") from None
+                                "a bare Context only serves new_tokens and head")
+        return {"encoder_hidden_states": ctx.encoder_hidden_states, "pooled_text_emb": ctx.pooled_text_emb,
+                "micro_conds": ctx.micro_conds}
 
     def feature_map(self, input_ids: torch.Tensor, ctx: Context) -> torch.Tensor:
         """The input of ``mlm_layer`` [R, C, h, w] for token ids [R, h, w] (the transformer stops there)."""
@@ -271,28 +278,15 @@ class AmusedGenerator(MaskedGenerator):
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        vq = self.vq
-        if vq is None:
+        if self.vq is None:
             raise ShortcutError(f"generator {self.identity!r} has no VQ decoder")
-        height, width = self.grid_size
-        if codes.shape[1] != height * width:
-            height, width = _square_grid(codes.shape[1])
-        device = next(vq.parameters()).device
-        shape = (codes.shape[0], height, width, int(vq.config.latent_channels))
-        idx = codes.to(device).long().clamp(0, self.codebook_size - 1)
-        with torch.autocast(device_type=device.type, enabled=False):
-            if vq.config.lookup_from_codebook:
-                out = vq.decode(idx.view(codes.shape[0], height, width), force_not_quantize=True, shape=shape).sample
-            else:
-                quant = vq.quantize.get_codebook_entry(idx.reshape(-1), shape)
-                out = vq.decode(quant, force_not_quantize=True).sample
-        return out.float().clamp(0, 1)
+        grid = self.grid_size
+        if codes.shape[1] != grid[0] * grid[1]:
+            grid = _square_grid(codes.shape[1])
+        return decode_vq(self.vq, codes, grid, self.codebook_size)
 
-    def default_shortcut_config(self, bottleneck_ratio: float = 2, n_blocks: int = 1,
-                                num_heads: Optional[int] = None) -> ShortcutConfig:
-        width = round(self.feature_dim / bottleneck_ratio)
-        return ShortcutConfig(feature_dim=self.feature_dim, bottleneck_ratio=bottleneck_ratio, n_blocks=n_blocks,
-                              num_heads=num_heads or max(1, width // 32), arch="amused")
+    def sequence_length(self, ctx: Context) -> int:
+        return self.num_tokens  # the feature lives on the token grid
 
     def describe(self) -> dict:
         info = super().describe()
@@ -347,13 +341,6 @@ class AmusedShortcut(ShortcutNetwork):
 # loading a diffusers folder
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ShortcutError(f"{path}: not readable JSON ({err})") from err
-
-
 def is_amused_folder(path: Path) -> bool:
     """A diffusers folder whose ``transformer/config.json`` is a ``UVit2DModel`` (aMUSEd's transformer)."""
     config = Path(path) / "transformer" / "config.json"
@@ -363,19 +350,6 @@ def is_amused_folder(path: Path) -> bool:
         return json.loads(config.read_text()).get("_class_name") == "UVit2DModel"
     except (OSError, json.JSONDecodeError):
         return False
-
-
-def weight_variant(folder: Path, stem: str) -> Optional[str]:
-    """None for ``{stem}.safetensors`` (or a sharded index), "fp16" when only ``{stem}.fp16.safetensors`` is there."""
-    folder = Path(folder)
-    if (folder / f"{stem}.safetensors").is_file() or (folder / f"{stem}.safetensors.index.json").is_file():
-        return None
-    if (folder / f"{stem}.fp16.safetensors").is_file() or (folder / f"{stem}.safetensors.index.fp16.json").is_file():
-        return "fp16"
-    if any(folder.glob("*.bin")):
-        raise ShortcutError(f"{folder}: only pickle (.bin) weights found; this loader reads safetensors only "
-                            f"(download {stem}.safetensors or {stem}.fp16.safetensors)")
-    raise ShortcutError(f"{folder}: no {stem}.safetensors or {stem}.fp16.safetensors; download the whole subfolder")
 
 
 def _weight_file(folder: Path, stem: str) -> Path:
@@ -393,7 +367,7 @@ def folder_identity(folder: Path) -> str:
     from safetensors import safe_open
 
     sub = Path(folder) / "transformer"
-    config = {k: v for k, v in _read_json(sub / "config.json").items() if not k.startswith("_")}
+    config = {k: v for k, v in read_json(sub / "config.json").items() if not k.startswith("_")}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     with safe_open(str(_weight_file(sub, "diffusion_pytorch_model")), framework="pt") as handle:
         for key in sorted(handle.keys()):
@@ -415,7 +389,7 @@ def load_amused(folder: Path, device: str | torch.device = "cpu",
     if missing:
         raise ShortcutError(f"{folder}: missing {', '.join(m + '/' for m in missing)}; download the whole Hugging Face "
                             "repository (amused/amused-256 or amused/amused-512)")
-    from diffusers import UVit2DModel, VQModel
+    from diffusers import UVit2DModel
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
     low_memory = importlib.util.find_spec("accelerate") is not None  # diffusers warns when asked without it
@@ -423,17 +397,15 @@ def load_amused(folder: Path, device: str | torch.device = "cpu",
         transformer = UVit2DModel.from_pretrained(
             str(folder), subfolder="transformer", use_safetensors=True, torch_dtype=dtype, low_cpu_mem_usage=low_memory,
             variant=weight_variant(folder / "transformer", SUBFOLDERS["transformer"]))
-        vq = VQModel.from_pretrained(str(folder), subfolder="vqvae", use_safetensors=True, torch_dtype=torch.float32,
-                                     low_cpu_mem_usage=low_memory,
-                                     variant=weight_variant(folder / "vqvae", SUBFOLDERS["vqvae"]))
         text_encoder = CLIPTextModelWithProjection.from_pretrained(
             str(folder / "text_encoder"), use_safetensors=True,
             variant=weight_variant(folder / "text_encoder", SUBFOLDERS["text_encoder"]))
         tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
     except (OSError, ValueError) as err:
         raise ShortcutError(f"{folder}: could not load the aMUSEd parts ({str(err).splitlines()[0]})") from err
+    vq = load_vq(folder, "amused/amused-256 or amused/amused-512")
     scheduler_config = folder / "scheduler" / "scheduler_config.json"
-    mask_id = _read_json(scheduler_config).get("mask_token_id") if scheduler_config.is_file() else None
+    mask_id = read_json(scheduler_config).get("mask_token_id") if scheduler_config.is_file() else None
     if mask_id is None:
         log.warning("%s: no scheduler/scheduler_config.json; using mask id vocab_size - 1 = %d", folder,
                     transformer.config.vocab_size - 1)

@@ -1,29 +1,23 @@
-"""Lumina-DiMOO (LLaDA-8B architecture) as a text-to-image ``MaskedGenerator``, and the DiMOO shortcut network.
+"""Lumina-DiMOO as a text-to-image ``MaskedGenerator``, and the DiMOO shortcut network.
 
-Base model (own implementation of the LLaDA "llama" block as Lumina-DiMOO uses it): token embedding ``wte`` (no
-scaling), blocks of ``x += attn_out(SDPA(rope(q), rope(k), v))`` with q/k/v from ``attn_norm(x)`` and
-``x += ff_out(silu(ff_proj(h)) * up_proj(h))`` with ``h = ff_norm(x)``, final ``ln_f`` (RMSNorm computed in fp32),
-untied LM head ``ff_out``, no biases. Attention is bidirectional and unmasked (padding rows of a batch are masked
-here; the reference only runs batch 1). RoPE is the half-split form with theta from config.json, in fp32.
+Base model: the LLaDA-8B transformer (``llada.py``).
 
 Sequence (text to image): ``<system>Generate an image according to the text prompt.</system><user>{prompt}</user>``
 tokens, ``BOA BOI``, H rows of (W mask tokens + newline), ``EOI EOA``; H, W = size / 16. The unconditional
 sequence uses ``<uncondition>`` (or a negative prompt) as the user text. Feature = ``ln_f`` output; head = the
 image-code rows of ``ff_out`` only. Image code k is token ``image_token_offset + k``.
 
-Loading reads a Hugging Face folder (config.json, single or sharded safetensors with keys ``model.transformer.*``,
-tokenizer files, ``vqvae/`` diffusers VQModel) shard by shard straight onto the target device and dtype; the
-model is first built on the meta device so no full-size copy is ever made. The VQ decoder stays in float32.
+Loading reads a Hugging Face folder: the transformer (``llada.load_llada_transformer``), the tokenizer files, the
+``vqvae/`` diffusers VQModel (``diffusers_vq``, kept in float32), after checking the device can hold them.
 
 Shortcut (``DimooShortcut``): parameter names of the official ``MDMShortcut`` state dict (``dimoo-shortcut.pth``).
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -31,8 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..generator import Condition, Context, MaskedGenerator, NewTokens, ShortcutError
+from ..configs import DictConfig
+from ..files import check_memory, gib, read_json, safetensors_files, safetensors_numel
+from ..generator import Condition, Context, MaskedGenerator, NewTokens, ShortcutError, per_row, take_positions
 from ..shortcut import ShortcutConfig, TimestepEmbedder
+from .diffusers_vq import decode_vq, load_vq
+from .llada import (LLaDABlock, LLaDAConfig, LLaDATransformer, RMSNorm, is_llada_folder, load_bytes,
+                    load_llada_transformer, rope_cos_sin)
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,6 @@ UNCONDITION_TEXT = "<uncondition>"
 TOKENS_FILE = "dimoo_tokens.json"  # optional sidecar in the model folder overriding token ids (tiny test models)
 SHORTCUT_FILE = "dimoo-shortcut.pth"
 DEFAULT_IMAGE_SIZE = (1024, 1024)  # (width, height), as the reference inference
-PREFIXES = ("model.transformer.", "transformer.")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -49,7 +47,7 @@ PREFIXES = ("model.transformer.", "transformer.")
 
 
 @dataclass
-class DimooTokens:
+class DimooTokens(DictConfig):
     """Special token ids. Defaults are Lumina-DiMOO's (``DiMOO-Shortcut/config.py`` and its tokenizer)."""
 
     mask: int = 126336
@@ -62,314 +60,13 @@ class DimooTokens:
     image_token_offset: int = 126356
     pad: int = 126081
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "DimooTokens":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ShortcutError(f"unknown DiMOO token names {sorted(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**{k: int(v) for k, v in data.items()})
-
-
-@dataclass
-class LLaDAConfig:
-    """The fields of a LLaDA ``config.json`` this implementation uses (others must keep LLaDA-8B's values)."""
-
-    d_model: int = 4096
-    n_heads: int = 32
-    n_kv_heads: int = 32
-    n_layers: int = 32
-    mlp_hidden_size: int = 12288
-    embedding_size: int = 134548
-    rope_theta: float = 500000.0
-    rms_norm_eps: float = 1e-5
-    include_bias: bool = False
-    include_qkv_bias: bool = False
-    weight_tying: bool = False
-    input_emb_norm: bool = False
-    scale_logits: bool = False
-    mask_token_id: Optional[int] = None
-    pad_token_id: Optional[int] = None
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_hf(cls, data: dict) -> "LLaDAConfig":
-        """From a Hugging Face ``config.json`` of model type "llada"; refuses variants this code does not run."""
-        def want(name, allowed, default):
-            value = data.get(name, default)
-            if value not in allowed:
-                raise ShortcutError(f"config.json: {name} = {value!r} is not supported (Lumina-DiMOO uses "
-                                    f"{allowed[0]!r})")
-        want("block_type", ("llama",), "llama")
-        want("layer_norm_type", ("rms",), "rms")
-        want("activation_type", ("silu",), "silu")
-        want("rope", (True,), True)
-        want("alibi", (False,), False)
-        want("attention_layer_norm", (False,), False)
-        want("block_group_size", (1,), 1)
-        want("layer_norm_with_affine", (True,), True)
-        want("bias_for_layer_norm", (False, None), False)
-        try:
-            d_model = int(data["d_model"])
-            n_heads = int(data["n_heads"])
-            n_layers = int(data["n_layers"])
-        except KeyError as err:
-            raise ShortcutError(f"config.json has no {err}: not a LLaDA config") from err
-        kv = data.get("n_kv_heads")
-        if data.get("multi_query_attention"):
-            kv = 1
-        mlp = data.get("mlp_hidden_size") or int(data.get("mlp_ratio", 4)) * d_model
-        vocab = int(data.get("vocab_size", 0))
-        emb = int(data.get("embedding_size") or vocab)
-        cfg = cls(d_model=d_model, n_heads=n_heads, n_kv_heads=int(kv or n_heads), n_layers=n_layers,
-                  mlp_hidden_size=int(mlp), embedding_size=emb, rope_theta=float(data.get("rope_theta", 10000.0)),
-                  rms_norm_eps=float(data.get("rms_norm_eps", 1e-5)),
-                  include_bias=bool(data.get("include_bias", False)),
-                  include_qkv_bias=bool(data.get("include_qkv_bias", False)),
-                  weight_tying=bool(data.get("weight_tying", False)),
-                  input_emb_norm=bool(data.get("input_emb_norm", False)),
-                  scale_logits=bool(data.get("scale_logits", False)),
-                  mask_token_id=data.get("mask_token_id"), pad_token_id=data.get("pad_token_id"))
-        if d_model % n_heads or n_heads % cfg.n_kv_heads or cfg.head_dim % 2:
-            raise ShortcutError(f"config.json: d_model {d_model} / n_heads {n_heads} / n_kv_heads {cfg.n_kv_heads} "
-                                "do not give a whole, even head size")
-        return cfg
-
-    def num_parameters(self) -> int:
-        d, hd, mlp = self.d_model, self.head_dim, self.mlp_hidden_size
-        kv = self.n_kv_heads * hd
-        qkv_bias = self.include_bias or self.include_qkv_bias
-        block = (d * d + 2 * d * kv + (d + 2 * kv if qkv_bias else 0)  # q, k, v
-                 + d * d + (d if self.include_bias else 0)  # attn_out
-                 + 2 * d * mlp + (2 * mlp if self.include_bias else 0)  # ff_proj, up_proj
-                 + mlp * d + (d if self.include_bias else 0)  # ff_out
-                 + 2 * d)  # attn_norm, ff_norm
-        head = 0 if self.weight_tying else self.embedding_size * d + (self.embedding_size if self.include_bias else 0)
-        return self.embedding_size * d + self.n_layers * block + d + head
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# LLaDA building blocks (shared by the base model and the shortcut)
-
-
-class RMSNorm(nn.Module):
-    """LLaDA ``RMSLayerNorm``: normalise in fp32 (autocast off), cast back, then multiply by the weight."""
-
-    def __init__(self, dim: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            dtype = x.dtype
-            h = x.to(torch.float32)
-            h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-            h = h.to(dtype)
-        return self.weight * h
-
-
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [rows or 1, 1, n, head_dim] (fp32) for integer positions [n] or [rows, n]; half-split layout."""
-    device = positions.device
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float) / head_dim))
-    pos = positions.to(torch.float)
-    if pos.dim() == 1:
-        pos = pos[None]
-    freqs = pos[..., None] * inv_freq
-    angles = torch.cat((freqs, freqs), dim=-1)[:, None]
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [R, heads, n, hd] rotated in fp32 (``x cos + rotate_half(x) sin``), returned in x's dtype."""
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        t = x.float()
-        half = t.shape[-1] // 2
-        rotated = torch.cat((-t[..., half:], t[..., :half]), dim=-1)
-        return ((t * cos) + (rotated * sin)).to(x.dtype)
-
-
-def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     key_valid: Optional[torch.Tensor]) -> torch.Tensor:
-    """Bidirectional SDPA; ``key_valid`` [R, n] (None = all valid). Rows without any valid key give zeros."""
-    if key_valid is None or bool(key_valid.all()):
-        return F.scaled_dot_product_attention(q, k, v)
-    has_key = key_valid.any(dim=1)
-    allowed = key_valid | ~has_key[:, None]  # never a fully masked row (would be NaN); zeroed below
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None, None, :])
-    if not bool(has_key.all()):
-        out = torch.where(has_key[:, None, None, None], out, torch.zeros_like(out))
-    return out
-
-
-class LLaDABlock(nn.Module):
-    """One LLaDA llama block. With ``kv`` given it is the shortcut's cross-attention: the same ``attn_norm``
-    normalises the query stream and ``kv``, keys/values come from ``kv`` at ``kv_positions``."""
-
-    def __init__(self, dim: int, heads: int, kv_heads: int, mlp: int, eps: float, theta: float,
-                 bias: bool = False, qkv_bias: bool = False):
-        super().__init__()
-        self.heads, self.kv_heads, self.head_dim, self.theta = heads, kv_heads, dim // heads, theta
-        self.attn_norm = RMSNorm(dim, eps)
-        self.ff_norm = RMSNorm(dim, eps)
-        kv_dim = kv_heads * self.head_dim
-        self.q_proj = nn.Linear(dim, dim, bias=bias or qkv_bias)
-        self.k_proj = nn.Linear(dim, kv_dim, bias=bias or qkv_bias)
-        self.v_proj = nn.Linear(dim, kv_dim, bias=bias or qkv_bias)
-        self.attn_out = nn.Linear(dim, dim, bias=bias)
-        self.ff_proj = nn.Linear(dim, mlp, bias=bias)  # the gate (SiLU)
-        self.up_proj = nn.Linear(dim, mlp, bias=bias)
-        self.ff_out = nn.Linear(mlp, dim, bias=bias)
-
-    def forward(self, x: torch.Tensor, rope_q: tuple[torch.Tensor, torch.Tensor],
-                key_valid: Optional[torch.Tensor] = None, kv: Optional[torch.Tensor] = None,
-                rope_k: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
-        rows, length, dim = x.shape
-        h = self.attn_norm(x)
-        kv_h = h if kv is None else self.attn_norm(kv)
-        n = kv_h.shape[1]
-        q = self.q_proj(h).view(rows, length, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(kv_h).view(rows, n, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(kv_h).view(rows, n, self.kv_heads, self.head_dim).transpose(1, 2)
-        q = apply_rope(q, *rope_q)
-        k = apply_rope(k, *(rope_q if rope_k is None else rope_k))
-        if self.kv_heads != self.heads:
-            k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
-            v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
-        att = masked_attention(q, k, v, key_valid)
-        x = x + self.attn_out(att.transpose(1, 2).reshape(rows, length, dim))
-        h = self.ff_norm(x)
-        return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
-
-
-class LLaDATransformer(nn.Module):
-    """``model.transformer`` of a Lumina-DiMOO checkpoint (same submodule names, without the prefix)."""
-
-    def __init__(self, cfg: LLaDAConfig):
-        super().__init__()
-        self.config = cfg
-        d = cfg.d_model
-        self.wte = nn.Embedding(cfg.embedding_size, d)
-        self.blocks = nn.ModuleList(
-            LLaDABlock(d, cfg.n_heads, cfg.n_kv_heads, cfg.mlp_hidden_size, cfg.rms_norm_eps, cfg.rope_theta,
-                       cfg.include_bias, cfg.include_qkv_bias) for _ in range(cfg.n_layers))
-        self.ln_f = RMSNorm(d, cfg.rms_norm_eps)
-        if not cfg.weight_tying:
-            self.ff_out = nn.Linear(d, cfg.embedding_size, bias=cfg.include_bias)
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.wte(ids)
-        return x * (self.config.d_model ** 0.5) if self.config.input_emb_norm else x
-
-    def features(self, ids: torch.Tensor, key_valid: Optional[torch.Tensor] = None,
-                 hidden: Optional[list] = None) -> torch.Tensor:
-        """ids [R, T] -> ``ln_f`` output [R, T, D]; ``key_valid`` [R, T] masks padded keys (right padding).
-        ``hidden``, when a list, receives the embedding and every block's output (for checks)."""
-        x = self.embed(ids)
-        rope = rope_cos_sin(torch.arange(ids.shape[1], device=ids.device), self.config.head_dim,
-                            self.config.rope_theta)
-        if hidden is not None:
-            hidden.append(x)
-        for block in self.blocks:
-            x = block(x, rope, key_valid)
-            if hidden is not None:
-                hidden.append(x)
-        return self.ln_f(x)
-
-    def head_params(self, start: int = 0, stop: Optional[int] = None):
-        """(weight, bias) rows [start:stop] of the LM head (``ff_out``, or ``wte`` when tied)."""
-        layer = self.wte if self.config.weight_tying else self.ff_out
-        bias = getattr(layer, "bias", None)
-        return layer.weight[start:stop], None if bias is None else bias[start:stop]
-
-    def logits(self, feature: torch.Tensor, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
-        weight, bias = self.head_params(start, stop)
-        out = F.linear(feature, weight, bias)
-        return out * (1 / math.sqrt(self.config.d_model)) if self.config.scale_logits else out
-
-    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feature = self.features(ids)
-        return feature, self.logits(feature)
+    def __post_init__(self):
+        for name, value in self.to_dict().items():
+            setattr(self, name, int(value))
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # loading a Hugging Face folder
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ShortcutError(f"{path}: not readable JSON ({err})") from err
-
-
-def is_llada_folder(path: Path) -> bool:
-    path = Path(path)
-    config = path / "config.json"
-    if not (path.is_dir() and config.is_file()):
-        return False
-    try:
-        data = json.loads(config.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    archs = " ".join(data.get("architectures") or [])
-    return data.get("model_type") == "llada" or "LLaDA" in archs
-
-
-def weight_files(folder: Path) -> list[Path]:
-    """The safetensors files of a checkpoint folder (sharded via the index, or one ``model.safetensors``)."""
-    folder = Path(folder)
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        names = sorted(set(_read_json(index).get("weight_map", {}).values()))
-        files = [folder / n for n in names]
-        missing = [str(f.name) for f in files if not f.is_file()]
-        if missing:
-            raise ShortcutError(f"{folder}: shards listed in model.safetensors.index.json are missing: "
-                                f"{', '.join(missing[:5])} (download the whole folder)")
-        return files
-    single = folder / "model.safetensors"
-    if single.is_file():
-        return [single]
-    found = sorted(folder.glob("*.safetensors"))
-    if found:
-        return found
-    if any(folder.glob("*.bin")):
-        raise ShortcutError(f"{folder}: only pickle (.bin) weights found; this loader reads safetensors only")
-    raise ShortcutError(f"{folder}: no model.safetensors or model.safetensors.index.json found")
-
-
-def _safetensors_numel(path: Path) -> int:
-    from safetensors import safe_open
-    total = 0
-    with safe_open(str(path), framework="pt") as handle:
-        for key in handle.keys():
-            total += math.prod(handle.get_slice(key).get_shape())
-    return total
-
-
-def dtype_size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
-def load_bytes(config: dict | LLaDAConfig, dtype: torch.dtype = torch.bfloat16, vq_params: int = 0) -> dict:
-    """Bytes placed on the device by loading: the LLaDA transformer in ``dtype`` plus the VQ in float32."""
-    cfg = config if isinstance(config, LLaDAConfig) else LLaDAConfig.from_hf(config)
-    params = cfg.num_parameters()
-    transformer = params * dtype_size(dtype)
-    vq = int(vq_params) * 4
-    return {"transformer_parameters": params, "transformer_bytes": transformer, "vq_parameters": int(vq_params),
-            "vq_bytes": vq, "total_bytes": transformer + vq, "dtype": str(dtype).replace("torch.", "")}
 
 
 def folder_load_bytes(folder: Path, dtype: torch.dtype = torch.bfloat16) -> dict:
@@ -377,104 +74,8 @@ def folder_load_bytes(folder: Path, dtype: torch.dtype = torch.bfloat16) -> dict
     folder = Path(folder)
     vq_params = 0
     for vq_file in sorted((folder / "vqvae").glob("*.safetensors")):
-        vq_params += _safetensors_numel(vq_file)
-    return load_bytes(_read_json(folder / "config.json"), dtype, vq_params)
-
-
-def gib(n: float) -> str:
-    return f"{n / 2 ** 30:.2f} GiB"
-
-
-def available_bytes(device: torch.device) -> Optional[int]:
-    """Free memory on ``device``: CUDA free memory, or available RAM for the CPU; None when unknown."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    if device.type == "cpu":
-        try:
-            import psutil  # optional
-            return int(psutil.virtual_memory().available)
-        except ImportError:
-            pass
-        try:
-            for line in Path("/proc/meminfo").read_text().splitlines():
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            return None
-    return None
-
-
-def check_memory(required: int, device: torch.device, what: str = "Lumina-DiMOO",
-                 available: Optional[int] = None) -> None:
-    """Refuse, with the numbers, when ``device`` cannot hold ``required`` bytes."""
-    device = torch.device(device)
-    free = available if available is not None else available_bytes(device)
-    if free is None:
-        log.warning("cannot tell how much memory %s has; %s needs %s", device, what, gib(required))
-        return
-    if required > free:
-        place = "free GPU memory" if device.type == "cuda" else "available RAM"
-        raise ShortcutError(f"{what} needs {gib(required)} on {device} but only {gib(free)} of {place} is left. "
-                            "Use a device with more memory, or a smaller dtype (--dtype bf16 halves fp32), "
-                            "or close other programs.")
-
-
-def _set_parameter(model: nn.Module, name: str, value: torch.Tensor) -> None:
-    owner, _, leaf = name.rpartition(".")
-    module = model.get_submodule(owner) if owner else model
-    module._parameters[leaf] = nn.Parameter(value, requires_grad=False)
-
-
-def load_llada_transformer(folder: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                           memory_check: bool = True) -> LLaDATransformer:
-    """Build on the meta device, then fill it shard by shard, each tensor going straight to device and dtype."""
-    from safetensors import SafetensorError, safe_open
-
-    folder = Path(folder)
-    device = torch.device(device)
-    cfg = LLaDAConfig.from_hf(_read_json(folder / "config.json"))
-    if memory_check:
-        report = load_bytes(cfg, dtype)
-        log.info("LLaDA transformer: %.2f B parameters = %s in %s to place on %s",
-                 report["transformer_parameters"] / 1e9, gib(report["transformer_bytes"]), report["dtype"], device)
-        check_memory(report["total_bytes"], device, "the LLaDA transformer")
-    files = weight_files(folder)
-    with torch.device("meta"):
-        model = LLaDATransformer(cfg)
-    expected = {name: p.shape for name, p in model.named_parameters()}
-    loaded, unexpected = set(), []
-    where = str(device)
-    if device.type == "cuda":
-        where = f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
-    elif device.type != "cpu":
-        where = "cpu"  # read on the CPU, then moved tensor by tensor
-    for file in files:
-        try:
-            with safe_open(str(file), framework="pt", device=where) as handle:
-                for key in handle.keys():
-                    name = next((key[len(p):] for p in PREFIXES if key.startswith(p)), None)
-                    if name is None or name not in expected:
-                        unexpected.append(key)
-                        continue
-                    tensor = handle.get_tensor(key)
-                    if tuple(tensor.shape) != tuple(expected[name]):
-                        raise ShortcutError(f"{file.name}: {key} has shape {tuple(tensor.shape)}, config.json "
-                                            f"implies {tuple(expected[name])}")
-                    _set_parameter(model, name, tensor.to(device=device, dtype=dtype))
-                    loaded.add(name)
-                    del tensor
-        except (SafetensorError, OSError) as err:
-            raise ShortcutError(f"{file}: not a valid safetensors file, it may be truncated ({err})") from err
-    missing = sorted(set(expected) - loaded)
-    if missing:
-        raise ShortcutError(f"{folder}: weights missing for {len(missing)} tensors, e.g. "
-                            f"{', '.join('model.transformer.' + m for m in missing[:4])}")
-    if unexpected:
-        log.warning("%s: ignored %d tensors this model does not use, e.g. %s", folder, len(unexpected),
-                    ", ".join(unexpected[:4]))
-    return model.eval().requires_grad_(False)
+        vq_params += safetensors_numel(vq_file)
+    return load_bytes(read_json(folder / "config.json"), dtype, vq_params)
 
 
 def load_tokenizer(folder: Path):
@@ -509,20 +110,6 @@ def load_tokenizer(folder: Path):
                         "tokenizer_config.json with the model")
 
 
-def load_vq(folder: Path, device: torch.device):
-    """diffusers ``VQModel`` from ``vqvae/``, float32, eval, no grad."""
-    folder = Path(folder)
-    if not (folder / "vqvae" / "config.json").is_file():
-        raise ShortcutError(f"{folder}: no vqvae/ subfolder with config.json; a Lumina-DiMOO folder has the image "
-                            "tokenizer there (download the whole Alpha-VLLM/Lumina-DiMOO repository)")
-    from diffusers import VQModel
-    try:
-        vq = VQModel.from_pretrained(str(folder), subfolder="vqvae", torch_dtype=torch.float32)
-    except (OSError, ValueError, EnvironmentError) as err:
-        raise ShortcutError(f"{folder}/vqvae: could not load the VQ model ({str(err).splitlines()[0]})") from err
-    return vq.to(device).eval().requires_grad_(False)
-
-
 def load_tokens(folder: Path, cfg: LLaDAConfig, codebook_size: int) -> DimooTokens:
     """Official ids, overridden by ``dimoo_tokens.json`` in the folder and by config.json's mask/pad ids."""
     data: dict[str, Any] = {}
@@ -532,8 +119,8 @@ def load_tokens(folder: Path, cfg: LLaDAConfig, codebook_size: int) -> DimooToke
         data["pad"] = int(cfg.pad_token_id)
     sidecar = Path(folder) / TOKENS_FILE
     if sidecar.is_file():
-        data.update(_read_json(sidecar).get("tokens", {}))
-    tokens = DimooTokens.from_dict({**DimooTokens().to_dict(), **data})
+        data.update(read_json(sidecar).get("tokens", {}))
+    tokens = DimooTokens.from_dict({**DimooTokens().to_dict(), **data}, strict=True)
     check_tokens(tokens, cfg.embedding_size, codebook_size)
     return tokens
 
@@ -549,7 +136,7 @@ def check_tokens(tokens: DimooTokens, embedding_size: int, codebook_size: int) -
 def folder_identity(folder: Path) -> str:
     """Names the weights: config.json plus the safetensors headers (names, shapes, offsets), hashed."""
     digest = hashlib.sha256((Path(folder) / "config.json").read_bytes())
-    for file in weight_files(folder):
+    for file in safetensors_files(folder):
         with open(file, "rb") as handle:
             size = int.from_bytes(handle.read(8), "little")
             digest.update(handle.read(min(size, 50_000_000)))
@@ -571,10 +158,10 @@ def load_dimoo(folder: Path, device: str | torch.device = "cpu", dtype: torch.dt
         log.info("Lumina-DiMOO: %.2f B parameters = %s in %s, plus the VQ %s in float32, to place on %s",
                  report["transformer_parameters"] / 1e9, gib(report["transformer_bytes"]), report["dtype"],
                  gib(report["vq_bytes"]), device)
-        check_memory(report["total_bytes"], device)
+        check_memory(report["total_bytes"], device, "Lumina-DiMOO")
     tokenizer = load_tokenizer(folder)
     transformer = load_llada_transformer(folder, device, dtype, memory_check=False)
-    vq = load_vq(folder, device)
+    vq = load_vq(folder, "Alpha-VLLM/Lumina-DiMOO").to(device)
     tokens = load_tokens(folder, transformer.config, int(vq.config.num_vq_embeddings))
     settings = dict(DEFAULT_SETTINGS)
     for candidate in (folder / SHORTCUT_FILE, folder.parent / "DiMOO-Shortcut" / SHORTCUT_FILE):
@@ -603,6 +190,15 @@ DEFAULT_SETTINGS = {"steps": 64, "cfg_scale": 4.0, "cfg_ramp": False, "schedule"
                     "confidence": "dimoo", "sm_temp": 1.0, "r_temp": 1.0}
 
 
+@dataclass
+class DimooContext(Context):
+    """The prompt layout of every row (``image_index`` and ``lengths`` are the base ``Context``'s)."""
+
+    input_ids: Optional[torch.Tensor] = per_row()  # [R, T] the sequences with every image token masked
+    prompt_new: Optional[list] = per_row()  # per row: prompt ids the cond rows re-feed as new tokens (else empty)
+    prompt_lengths: Optional[list] = per_row()  # per row: tokens before <boa>
+
+
 class DimooGenerator(MaskedGenerator):
     """Lumina-DiMOO text-to-image as a ``MaskedGenerator``.
 
@@ -615,6 +211,7 @@ class DimooGenerator(MaskedGenerator):
 
     condition_kind = "text"
     shortcut_arch = "dimoo"
+    per_row_context = True  # the prompt decides where each row's image tokens sit
 
     def __init__(self, transformer: LLaDATransformer, vq, tokenizer, tokens: DimooTokens, identity: str,
                  default_settings: Optional[dict] = None, image_size: Sequence[int] = DEFAULT_IMAGE_SIZE,
@@ -622,7 +219,7 @@ class DimooGenerator(MaskedGenerator):
         super().__init__()
         cfg = transformer.config
         self.transformer = transformer
-        self._vq = [vq]  # kept out of the module tree: .to(dtype) must never round the float32 VQ
+        self.vq = vq
         self.tokenizer = tokenizer
         self.tokens = tokens
         self.identity = identity
@@ -639,10 +236,6 @@ class DimooGenerator(MaskedGenerator):
         self.feed_prompt = True  # cond rows re-feed the whole prompt as new tokens (official no_prompt=False)
         check_tokens(tokens, cfg.embedding_size, self.codebook_size)
         self.set_image_size(*image_size)
-
-    @property
-    def vq(self):
-        return self._vq[0]
 
     def set_image_size(self, width: int, height: int) -> None:
         """Output size in pixels; both must be positive multiples of the VQ scale (16 for Lumina-DiMOO)."""
@@ -679,19 +272,15 @@ class DimooGenerator(MaskedGenerator):
     def prepare(self, condition: Condition, batch_size: int, guidance: bool) -> Context:
         self.check_condition(condition, batch_size)
         device = self.device
-        negatives = list(condition.negative_prompts or [])
-        if negatives and len(negatives) not in (1, batch_size):
-            raise ShortcutError(f"give one negative prompt, or one per image ({batch_size}); got {len(negatives)}")
+        negatives = condition.negatives(batch_size)
         prompts = [self.prompt_ids(str(p)) for p in condition.prompts]
         branches = 2 if guidance else 1
         if guidance:
             cache: dict = {}
-            for b in range(batch_size):
-                neg = negatives[b if len(negatives) > 1 else 0] if negatives else None
-                key = neg or ""
-                if key not in cache:
-                    cache[key] = self.uncond_ids(neg)
-                prompts.append(cache[key])
+            for negative in negatives:
+                if negative not in cache:
+                    cache[negative] = self.uncond_ids(negative)
+                prompts.append(cache[negative])
         block = self.image_block()
         height, width = self.grid_size
         rows = len(prompts)
@@ -709,38 +298,32 @@ class DimooGenerator(MaskedGenerator):
             padding = (torch.arange(total)[None, :] >= lengths[:, None]).to(device)
         prompt_new = [torch.tensor(p, dtype=torch.long, device=device) if r < batch_size and self.feed_prompt
                       else torch.zeros(0, dtype=torch.long, device=device) for r, p in enumerate(prompts)]
-        return Context(batch_size=batch_size, branches=branches, device=device, padding=padding,
-                       extra={"input_ids": input_ids.to(device), "image_index": image_index.to(device),
-                              "lengths": lengths.tolist(), "prompt_new": prompt_new,
-                              "prompt_lengths": [len(p) for p in prompts]})
+        return DimooContext(batch_size=batch_size, branches=branches, device=device, padding=padding,
+                            lengths=lengths.tolist(), image_index=image_index.to(device),
+                            input_ids=input_ids.to(device), prompt_new=prompt_new,
+                            prompt_lengths=[len(p) for p in prompts])
 
     # -- model calls -----------------------------------------------------------------------------------------
 
     @staticmethod
-    def _extra(ctx: Context, key: str):
-        if key not in ctx.extra:
+    def _layout(ctx: Context) -> DimooContext:
+        if not isinstance(ctx, DimooContext) or ctx.image_index is None:
             raise ShortcutError("Lumina-DiMOO needs the Context built by its prepare() (prompts decide the sequence "
                                 "layout); a bare Context cannot be used with this generator")
-        return ctx.extra[key]
+        return ctx
 
-    def image_positions(self, ctx: Context) -> torch.Tensor:
-        """Indices [L] of the image tokens in the feature sequence, when every row has the same prompt length;
-        rows with different prompts place them differently (see ``ctx.extra['image_index']`` [R, L])."""
-        index = self._extra(ctx, "image_index")
-        if not bool((index == index[:1]).all()):
-            raise ShortcutError("the rows of this Lumina-DiMOO context have prompts of different lengths, so their "
-                                "image tokens sit at different positions; use ctx.extra['image_index'] [rows, L]")
-        return index[0]
+    def sequence_length(self, ctx: Context) -> int:
+        return int(self._layout(ctx).input_ids.shape[1])
 
     def sequence_ids(self, codes: torch.Tensor, masked: torch.Tensor, ctx: Context) -> torch.Tensor:
         """The token sequences [R, T] of the current state (mask id where ``masked``)."""
+        layout = self._layout(ctx)
         values = torch.where(masked, torch.full_like(codes, self.tokens.mask), codes + self.tokens.image_token_offset)
-        ids = self._extra(ctx, "input_ids").clone()
-        return ids.scatter_(1, self._extra(ctx, "image_index"), values.repeat(ctx.branches, 1))
+        return layout.input_ids.clone().scatter_(1, layout.image_index, values.repeat(ctx.branches, 1))
 
     def features(self, codes: torch.Tensor, masked: torch.Tensor, ctx: Context) -> torch.Tensor:
         ids = self.sequence_ids(codes, masked, ctx)
-        lengths = ctx.extra["lengths"]
+        lengths = ctx.lengths
         mode = self.row_batching
         if mode == "auto":
             mode = "by_length" if ids.device.type == "cuda" else "padded"
@@ -760,9 +343,9 @@ class DimooGenerator(MaskedGenerator):
 
     def head(self, feature: torch.Tensor, ctx: Context, masked: torch.Tensor) -> torch.Tensor:
         """Image-code logits [R, L, K]; computed only where ``masked`` (zeros elsewhere)."""
-        index = self._extra(ctx, "image_index")
+        index = self._layout(ctx).image_index
         rows = feature.shape[0]
-        image_feat = feature.gather(1, index[..., None].expand(-1, -1, feature.shape[-1]))
+        image_feat = take_positions(feature, index)
         offset = self.tokens.image_token_offset
         weight, bias = self.transformer.head_params(offset, offset + self.codebook_size)
         scale = 1 / math.sqrt(self.feature_dim) if self.transformer.config.scale_logits else None
@@ -779,8 +362,8 @@ class DimooGenerator(MaskedGenerator):
         """Cond rows: the whole prompt (positions 0..P-1) then the new image tokens; uncond rows: only the new image
         tokens at their own sequence positions. Embeddings from the base ``wte`` only (no positions added)."""
         batch = ctx.batch_size
-        index = self._extra(ctx, "image_index")
-        prompts = self._extra(ctx, "prompt_new")
+        layout = self._layout(ctx)
+        index, prompts = layout.image_index, layout.prompt_new
         ids_rows, pos_rows = [], []
         for r in range(ctx.rows):
             chosen = new_map[r % batch]
@@ -805,31 +388,17 @@ class DimooGenerator(MaskedGenerator):
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        vq = self.vq
-        if vq is None:
+        """One image at a time: a 1024 x 1024 decode is large."""
+        if self.vq is None:
             raise ShortcutError(f"generator {self.identity!r} has no VQ decoder")
-        device = self.device
-        if next(vq.parameters()).device != device:
-            vq.to(device)
-        height, width = self.grid_size
-        images = []
-        with torch.autocast(device_type=device.type, enabled=False):
-            for row in codes.to(device).long():
-                idx = row.view(1, height, width).clamp(0, self.codebook_size - 1)
-                shape = (1, height, width, int(vq.config.latent_channels))
-                if vq.config.lookup_from_codebook:
-                    out = vq.decode(idx, force_not_quantize=True, shape=shape).sample
-                else:
-                    quant = vq.quantize.get_codebook_entry(idx.reshape(-1), shape)
-                    out = vq.decode(quant, force_not_quantize=True).sample
-                images.append(out.float().clamp(0, 1))
-        return torch.cat(images)
+        return torch.cat([decode_vq(self.vq, row[None], self.grid_size, self.codebook_size) for row in codes])
 
-    def default_shortcut_config(self, bottleneck_ratio: float = 2, n_blocks: int = 1) -> ShortcutConfig:
+    def default_shortcut_config(self, bottleneck_ratio: float = 2, n_blocks: int = 1,
+                                num_heads: Optional[int] = None) -> ShortcutConfig:
         """The official DiMOO-Shortcut architecture for this base (half width, heads and MLP size unchanged)."""
         cfg = self.transformer.config
         return ShortcutConfig(feature_dim=cfg.d_model, bottleneck_ratio=bottleneck_ratio, n_blocks=n_blocks,
-                              num_heads=cfg.n_heads, arch="dimoo",
+                              num_heads=num_heads or cfg.n_heads, arch="dimoo",
                               extra={"mlp_hidden_size": cfg.mlp_hidden_size, "n_kv_heads": cfg.n_kv_heads,
                                      "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.rms_norm_eps,
                                      "include_bias": cfg.include_bias, "include_qkv_bias": cfg.include_qkv_bias})
@@ -975,34 +544,3 @@ class DimooShortcut(nn.Module):
         return ShortcutConfig(feature_dim=dim, bottleneck_ratio=ratio, n_blocks=max(blocks) + 1, num_heads=heads,
                               embed_time="adaLN_modulation.weight" in state, cross_attention=cross, arch="dimoo",
                               extra=extra)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# command line helpers (wired by shortcut_core/cli.py)
-
-
-def add_text_arguments(parser) -> None:
-    """``--prompt`` (repeatable), ``--negative-prompt``, ``--width``, ``--height`` for text-to-image generators."""
-    parser.add_argument("--prompt", action="append", default=None,
-                        help="text prompt (repeat for several images; text-to-image generators)")
-    parser.add_argument("--negative-prompt", default=None,
-                        help="negative prompt for the unconditional branch (default: <uncondition>)")
-    parser.add_argument("--width", type=int, default=None, help="image width in px, a multiple of 16 (default 1024)")
-    parser.add_argument("--height", type=int, default=None, help="image height in px, a multiple of 16 (default 1024)")
-
-
-def text_condition_from_args(generator: MaskedGenerator, args, batch: Optional[int] = None) -> Condition:
-    """Apply --width/--height to the generator and build the text ``Condition`` (prompts cycled to ``batch``)."""
-    prompts = list(getattr(args, "prompt", None) or [])
-    if not prompts:
-        raise ShortcutError(f"generator {generator.identity!r} is text-to-image: give --prompt \"...\"")
-    width, height = getattr(args, "width", None), getattr(args, "height", None)
-    if width is not None or height is not None:
-        if not hasattr(generator, "set_image_size"):
-            raise ShortcutError(f"generator {generator.identity!r} has a fixed size; drop --width/--height")
-        current_w, current_h = getattr(generator, "image_size", DEFAULT_IMAGE_SIZE)
-        generator.set_image_size(width or current_w, height or current_h)
-    count = batch or len(prompts)
-    prompts = [prompts[i % len(prompts)] for i in range(count)]
-    negative = getattr(args, "negative_prompt", None)
-    return Condition(prompts=prompts, negative_prompts=[negative] * count if negative else None)

@@ -7,20 +7,21 @@ head = ``feature @ tok_emb.weight.T + bias`` sliced to image positions and codes
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..generator import Condition, Context, MaskedGenerator, NewTokens, gather_new_tokens
+from ..configs import DictConfig
+from ..generator import Condition, Context, MaskedGenerator, NewTokens, gather_new_tokens, per_row
 from ..shortcut import PreNormAttention, PreNormFeedForward
 from .vqgan import VQConfig, VQModel
 
 
 @dataclass
-class MaskGITConfig:
+class MaskGITConfig(DictConfig):
     grid: int = 16
     hidden_dim: int = 768
     codebook_size: int = 1024
@@ -33,14 +34,6 @@ class MaskGITConfig:
     @property
     def vocab_size(self) -> int:
         return self.codebook_size + 1 + self.nclass + 1
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "MaskGITConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
     def from_state_dict(cls, state: dict, codebook_size: int, heads: int = 16) -> "MaskGITConfig":
@@ -113,6 +106,11 @@ class MaskTransformer(nn.Module):
         return full[..., : self.config.codebook_size + 1]
 
 
+@dataclass
+class MaskGITContext(Context):
+    class_tokens: Optional[torch.Tensor] = per_row()  # [R] the class token id of each row (null class: uncond)
+
+
 class MaskGITGenerator(MaskedGenerator):
     """MaskGIT transformer + taming VQGAN decoder as a ``MaskedGenerator``."""
 
@@ -141,12 +139,14 @@ class MaskGITGenerator(MaskedGenerator):
         drop = torch.zeros(batch_size * branches, dtype=torch.bool, device=device)
         drop[batch_size:] = True
         class_tokens = self.transformer.class_tokens(labels.repeat(branches), drop)
-        return Context(batch_size=batch_size, branches=branches, device=device,
-                       extra={"class_tokens": class_tokens})
+        return MaskGITContext(batch_size=batch_size, branches=branches, device=device, class_tokens=class_tokens)
 
     def features(self, codes: torch.Tensor, masked: torch.Tensor, ctx: Context) -> torch.Tensor:
         tokens = torch.where(masked, torch.full_like(codes, self.codebook_size), codes)
-        return self.transformer.features(tokens.repeat(ctx.branches, 1), ctx.extra["class_tokens"])
+        return self.transformer.features(tokens.repeat(ctx.branches, 1), ctx.class_tokens)
+
+    def sequence_length(self, ctx: Context) -> int:
+        return self.num_tokens + 1  # the image tokens, then the class token
 
     def head(self, feature: torch.Tensor, ctx: Context, masked: torch.Tensor) -> torch.Tensor:
         return self.transformer.logits(feature)

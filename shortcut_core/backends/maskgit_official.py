@@ -42,15 +42,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import pickle
-import re
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 
 from ..generator import ShortcutError
-from ..weights import load_shortcut, read_metadata, save_safetensors
+from ..files import PICKLE_SUFFIXES, read_metadata, read_pickle, read_safetensors, safetensors_shapes, save_safetensors
+from ..weights import ShortcutWeights, load_shortcut
 from .maskgit import MaskGITConfig, MaskGITGenerator, MaskTransformer
 from .vqgan import VQConfig, VQModel
 
@@ -62,7 +61,6 @@ KIND_VQGAN = "taming-vqgan"
 KIND_SHORTCUT = "maskgit-shortcut"
 DEFAULT_HEADS = 16
 DEFAULT_CODEBOOK = 1024
-PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 TRANSFORMER_SUFFIXES = (".safetensors", ".pth", ".pt")
 VQGAN_NAMES = ("last.safetensors", "vqgan.safetensors", "last.ckpt", "vqgan.ckpt")
 SHORTCUT_NAMES = ("maskgit-shortcut.safetensors", "maskgit-shortcut.pth")
@@ -75,148 +73,6 @@ REFERENCE_SETTINGS = {
     256: {"steps": 8, "cfg_scale": 3.0, "r_temp": 4.5, "sm_temp": 1.0, "schedule": "arccos", "cfg_ramp": True},
     512: {"steps": 15, "cfg_scale": 2.8, "r_temp": 7.0, "sm_temp": 1.0, "schedule": "arccos", "cfg_ramp": True},
 }
-
-# Globals that Lightning-era checkpoints pickle as training metadata (callbacks, hyper-parameters). They are
-# resolved to ``_Inert`` (never imported, never run) and the keys holding them are dropped afterwards.
-_INERT_PREFIXES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "omegaconf.", "numpy.")
-_INERT_NAMES = {"typing.Any", "argparse.Namespace", "pathlib.Path", "pathlib.PosixPath", "pathlib.WindowsPath"}
-_GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([\w.]+)")
-
-
-class _Inert:
-    """Stands for a pickled training-metadata object or class; accepts any arguments or state, keeps nothing."""
-
-    def __new__(cls, *args, **kwargs):
-        return object.__new__(cls)
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        pass
-
-    def __repr__(self) -> str:
-        return "<skipped training metadata>"
-
-
-def _is_inert(name: str) -> bool:
-    return name in _INERT_NAMES or name.startswith(_INERT_PREFIXES)
-
-
-def _torch_version() -> tuple[int, int]:
-    parts = torch.__version__.split("+")[0].split(".")
-    try:
-        return int(parts[0]), int(parts[1])
-    except (ValueError, IndexError):
-        return (0, 0)
-
-
-# ``safe_globals([(object, "module.Name")])`` (a placeholder registered under a given name) exists from torch 2.6.
-_NAMED_STUBS = _torch_version() >= (2, 6) and hasattr(torch.serialization, "safe_globals")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Safe reading
-# --------------------------------------------------------------------------------------------------------------
-
-def _is_zip(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        return handle.read(4) == b"PK\x03\x04"
-
-
-def _refusal(path: Path, names: Sequence[str]) -> ShortcutError:
-    shown = ", ".join(sorted(names)[:5]) or "unknown"
-    return ShortcutError(
-        f"{path}: refused, this checkpoint needs code to unpickle (it references {shown}). Only plain tensors, "
-        "dicts and known training metadata are loaded from pickles. If you trust the file, convert it to "
-        "safetensors in a separate trusted environment (torch.load, then safetensors.torch.save_file).")
-
-
-def _load_pickle(path: Path, inert: Sequence[str], mmap: bool) -> Any:
-    stubs = [(_Inert, name) for name in inert]
-    with torch.serialization.safe_globals(stubs):
-        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
-
-
-def read_checkpoint(path: Path) -> Any:
-    """The object of a ``torch.save`` / Lightning file, read with ``weights_only=True`` (never runs its code).
-
-    Zip checkpoints are memory-mapped: tensors that are never used (optimizer state) are never read from disk.
-    Training-metadata globals of Lightning checkpoints become inert placeholders; any other global is refused.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ShortcutError(f"weights file not found: {path}")
-    try:
-        mmap = _is_zip(path)
-    except OSError as err:
-        raise ShortcutError(f"{path}: cannot be read ({err})") from err
-    inert: list[str] = []
-    for _ in range(32):  # one retry per newly discovered metadata global (legacy files name one at a time)
-        try:
-            return _load_pickle(path, inert, mmap)
-        except pickle.UnpicklingError as err:
-            message = str(err)
-            if "GLOBAL" not in message and "global" not in message:
-                lines = [line.strip() for line in message.splitlines() if line.strip()] or ["unpickling failed"]
-                detail = next((line for line in lines if "Unsupported" in line),
-                              next((line for line in lines if "rror" in line), lines[0]))
-                raise ShortcutError(f"{path}: could not read this PyTorch checkpoint, it may be truncated or "
-                                    f"corrupted ({detail})") from err
-            if mmap:
-                try:
-                    names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-                except Exception:  # noqa: BLE001 - fall back to the name in the message
-                    names = _GLOBAL_IN_MESSAGE.findall(message)
-            else:
-                names = _GLOBAL_IN_MESSAGE.findall(message)
-            names = [n for n in names if n not in inert]
-            unsafe = [n for n in names if not _is_inert(n)]
-            if unsafe or not names:
-                raise _refusal(path, unsafe or names) from None
-            if not _NAMED_STUBS:
-                raise ShortcutError(
-                    f"{path}: holds pickled training metadata ({', '.join(sorted(names)[:3])}); skipping it without "
-                    f"running code needs torch >= 2.6 (this is {torch.__version__}). Upgrade torch, or convert the "
-                    "file once with a newer torch: python -m shortcut_core convert SRC DST.safetensors") from None
-            log.info("%s: skipping pickled training metadata %s", path.name, ", ".join(sorted(names)))
-            inert.extend(names)
-        except ShortcutError:
-            raise
-        except MemoryError:
-            raise
-        except Exception as err:  # noqa: BLE001 - zip/pickle/IO errors of a damaged file, whatever their type
-            detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ShortcutError(f"{path}: could not read this PyTorch checkpoint, it may be truncated or corrupted "
-                                f"({detail})") from err
-    raise ShortcutError(f"{path}: too many unknown pickled objects; convert it to safetensors in a trusted environment")
-
-
-def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors and JSON-decoded metadata of a safetensors file, with a ``ShortcutError`` naming a bad file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise ShortcutError(f"weights file not found: {path}")
-    metadata = read_metadata(path)
-    try:
-        return load_file(str(path)), metadata
-    except (SafetensorError, OSError, RuntimeError) as err:
-        raise ShortcutError(f"{path}: not a valid safetensors file, it may be truncated ({err})") from err
-
-
-def _safetensors_keys(path: Path) -> list[str]:
-    from safetensors import SafetensorError
-    from safetensors.torch import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return list(handle.keys())
-    except (SafetensorError, OSError) as err:
-        raise ShortcutError(f"{path}: not a valid safetensors file, it may be truncated ({err})") from err
-
 
 def _strip_prefixes(state: dict) -> dict:
     for prefix in ("module.", "_orig_mod."):
@@ -261,9 +117,9 @@ def sniff(path: Path) -> Optional[str]:
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        return _kind_of_keys(_safetensors_keys(path), read_metadata(path))
+        return _kind_of_keys(safetensors_shapes(path), read_metadata(path))
     if path.suffix in PICKLE_SUFFIXES:
-        obj = read_checkpoint(path)
+        obj = read_pickle(path)
         return _kind_of_keys(obj.keys()) if isinstance(obj, dict) else None
     return None
 
@@ -286,7 +142,7 @@ def read_transformer_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
                 "codebook_size": config.get("codebook_size"), "iter": metadata.get("iter"),
                 "global_epoch": metadata.get("global_epoch")}
         return _strip_prefixes(state), info
-    obj = read_checkpoint(path)
+    obj = read_pickle(path)
     kind = _kind_of_keys(obj.keys()) if isinstance(obj, dict) else None
     if kind != KIND_TRANSFORMER:
         raise ShortcutError(_wrong_kind(path, kind, KIND_TRANSFORMER))
@@ -415,7 +271,7 @@ def read_vqgan_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         if kind != KIND_VQGAN:
             raise ShortcutError(_wrong_kind(path, kind, KIND_VQGAN))
     else:
-        obj = read_checkpoint(path)
+        obj = read_pickle(path)
         kind = _kind_of_keys(obj.keys()) if isinstance(obj, dict) else None
         if kind != KIND_VQGAN:
             raise ShortcutError(_wrong_kind(path, kind, KIND_VQGAN))
@@ -541,30 +397,24 @@ def load_maskgit(transformer: Path, vqgan: Path, heads: Optional[int] = None,
     return generator
 
 
-def load_official_shortcut(path: Path, generator: Optional[MaskGITGenerator] = None, heads: Optional[int] = None):
+def load_official_shortcut(path: Path, generator: Optional[MaskGITGenerator] = None,
+                           heads: Optional[int] = None) -> ShortcutWeights:
     """Official ``maskgit-shortcut.pth`` or its conversion, via the core's ``load_shortcut`` (16 heads default).
 
     The official file has no generator identity: it is accepted on any MaskGIT with the right feature size.
     """
     path = Path(path)
     if path.suffix in PICKLE_SUFFIXES:
-        obj = read_checkpoint(path)  # the clear refusal / truncation messages, before the core loader reads it
+        obj = read_pickle(path)  # the clear refusal / truncation messages, before the core loader reads it
         kind = _kind_of_keys(obj.keys()) if isinstance(obj, dict) else None
         del obj
         if kind != KIND_SHORTCUT:
             raise ShortcutError(_wrong_kind(path, kind, KIND_SHORTCUT))
-    network = load_shortcut(path, generator, num_heads=heads)
-    if generator is not None and generator.grid_size != (32, 32) and not read_shortcut_identity(path):
+    weights = load_shortcut(path, generator, num_heads=heads)
+    if generator is not None and generator.grid_size != (32, 32) and not weights.generator:
         log.info("%s: the released MaskGIT-Shortcut weights were fitted on MaskGIT-512 (32x32 tokens); this "
                  "generator has %s", path.name, "x".join(map(str, generator.grid_size)))
-    return network
-
-
-def read_shortcut_identity(path: Path) -> str:
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        return ""
-    return str(read_metadata(path).get("generator", "") or "")
+    return weights
 
 
 # --------------------------------------------------------------------------------------------------------------

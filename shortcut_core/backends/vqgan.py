@@ -2,15 +2,17 @@
 Lightning ``last.ckpt`` state dict loads directly."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..configs import DictConfig
+
 
 @dataclass
-class VQConfig:
+class VQConfig(DictConfig):
     """``ddconfig`` of taming's VQModel plus the codebook; defaults are the ImageNet f16 1024-code model."""
 
     n_embed: int = 1024
@@ -29,9 +31,6 @@ class VQConfig:
     @property
     def downsample_factor(self) -> int:
         return 2 ** (len(self.ch_mult) - 1)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def from_taming(cls, params: dict) -> "VQConfig":
