@@ -9,7 +9,7 @@ import torch
 
 from .generator import MaskedGenerator, ShortcutError
 from .backends import PATH_LOADERS
-from .dtypes import MODEL_DTYPES, resolve_device, resolve_dtype
+from .dtypes import resolve_device, resolve_dtype
 from .files import load_tensors, read_metadata, save_safetensors
 from .weights import GENERATOR_FORMAT
 
@@ -20,6 +20,7 @@ DEMO_GENERATOR = ASSETS / "demo_generator.safetensors"
 DEMO_SHORTCUT = ASSETS / "demo_shortcut.safetensors"
 BUILTIN_GENERATORS = {"demo": DEMO_GENERATOR}
 BUILTIN_SHORTCUTS = {"demo": DEMO_SHORTCUT}
+
 
 def _backend_from_metadata(tensors: dict, metadata: dict) -> MaskedGenerator:
     backend = metadata.get("backend")

@@ -204,7 +204,7 @@ def test_shortcut_matches_reference(source, generators, official, converted, hea
     gen = generators[source]
     network = _shortcut_for(source, official, converted, gen, heads)
     cfg = meta["maskgit_shortcut_config"]
-    assert isinstance(network, ShortcutNetwork)
+    assert isinstance(network.network, ShortcutNetwork)
     assert network.config.num_heads == cfg["num_heads"] and network.config.n_blocks == cfg["n_block"]
     assert network.config.bottleneck_ratio == cfg["bottleneck_ratio"] and network.config.feature_dim == cfg["hidden_dim"]
     table = _reference_frequency_table()
@@ -668,7 +668,7 @@ def test_full_size_maskgit512_official_formats_sample_15_7(tmp_path, meta):
     assert abs(params - 176.3e6) < 0.5e6, params  # 174.2 M + position embedding and per-position bias
     shortcut = mo.load_official_shortcut(gen.default_settings["shortcut"], gen)
     assert shortcut.config.num_heads == 16 and shortcut.config.hidden_dim == 384
-    assert abs(shortcut.num_parameters() - 5.08e6) < 0.02e6, shortcut.num_parameters()
+    assert abs(shortcut.network.num_parameters() - 5.08e6) < 0.02e6, shortcut.network.num_parameters()
     settings = apply_preset(SamplerSettings(**{k: v for k, v in gen.default_settings.items() if k != "shortcut"}),
                             "maskgit512-N15-B7")
     result = sample(gen, Condition(labels=[class_index("tabby")]), settings, shortcut=shortcut)

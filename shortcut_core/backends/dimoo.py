@@ -512,9 +512,6 @@ class DimooShortcut(nn.Module):
             x = x * (1 + scale) + shift
         return self.proj_out(x) + prev_feature
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     @classmethod
     def config_from_state_dict(cls, state: dict, num_heads: Optional[int] = None) -> ShortcutConfig:
         """Architecture of an official ``dimoo-shortcut.pth`` state dict. Heads, RoPE theta and the RMSNorm eps

@@ -132,20 +132,13 @@ def read_transformer_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict, info) of a MaskGIT transformer file; info has ``source``, ``heads``/``codebook_size`` when
     a converted file recorded them, and ``iter``/``global_epoch`` of the training run."""
     path = Path(path)
+    obj, metadata = read_of_kind(path, KIND_TRANSFORMER)
     if path.suffix == ".safetensors":
-        state, metadata = read_safetensors(path)
-        kind = _kind_of_keys(state.keys(), metadata)
-        if kind != KIND_TRANSFORMER:
-            raise ShortcutError(_wrong_kind(path, kind, KIND_TRANSFORMER))
         config = metadata.get("config") if isinstance(metadata.get("config"), dict) else {}
         info = {"source": str(metadata.get("source", path.name)), "heads": config.get("heads"),
                 "codebook_size": config.get("codebook_size"), "iter": metadata.get("iter"),
                 "global_epoch": metadata.get("global_epoch")}
-        return _strip_prefixes(state), info
-    obj = read_pickle(path)
-    kind = _kind_of_keys(obj.keys()) if isinstance(obj, dict) else None
-    if kind != KIND_TRANSFORMER:
-        raise ShortcutError(_wrong_kind(path, kind, KIND_TRANSFORMER))
+        return _strip_prefixes(obj), info
     info: dict = {"source": path.name, "heads": None, "codebook_size": None}
     if "model_state_dict" in obj:
         info["iter"], info["global_epoch"] = obj.get("iter"), obj.get("global_epoch")
@@ -154,6 +147,19 @@ def read_transformer_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         state = obj
     del obj  # the optimizer state goes now (with mmap it was never read)
     return _strip_prefixes(_only_tensors(state, path, "MaskGIT transformer")), info
+
+
+def read_of_kind(path: Path, wanted: str) -> tuple[Any, dict]:
+    """(tensors, metadata) of a converted safetensors file, or (object, {}) of a pickle, that holds ``wanted``."""
+    if path.suffix == ".safetensors":
+        obj, metadata = read_safetensors(path)
+        kind = _kind_of_keys(obj.keys(), metadata)
+    else:
+        obj, metadata = read_pickle(path), {}
+        kind = _kind_of_keys(obj.keys()) if isinstance(obj, dict) else None
+    if kind != wanted:
+        raise ShortcutError(_wrong_kind(path, kind, wanted))
+    return obj, metadata
 
 
 def _wrong_kind(path: Path, kind: Optional[str], wanted: str) -> str:
@@ -265,16 +271,9 @@ def weights_hash(state: dict, heads: int) -> str:
 def read_vqgan_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict without ``loss.*``, metadata) of a taming VQGAN ``.ckpt`` or a converted safetensors."""
     path = Path(path)
-    if path.suffix == ".safetensors":
-        state, metadata = read_safetensors(path)
-        kind = _kind_of_keys(state.keys(), metadata)
-        if kind != KIND_VQGAN:
-            raise ShortcutError(_wrong_kind(path, kind, KIND_VQGAN))
-    else:
-        obj = read_pickle(path)
-        kind = _kind_of_keys(obj.keys()) if isinstance(obj, dict) else None
-        if kind != KIND_VQGAN:
-            raise ShortcutError(_wrong_kind(path, kind, KIND_VQGAN))
+    state, metadata = read_of_kind(path, KIND_VQGAN)
+    if path.suffix != ".safetensors":
+        obj = state
         lightning = "state_dict" in obj
         state = obj["state_dict"] if lightning else obj
         metadata = {"global_step": obj.get("global_step"), "epoch": obj.get("epoch")} if lightning else {}
@@ -405,11 +404,7 @@ def load_official_shortcut(path: Path, generator: Optional[MaskGITGenerator] = N
     """
     path = Path(path)
     if path.suffix in PICKLE_SUFFIXES:
-        obj = read_pickle(path)  # the clear refusal / truncation messages, before the core loader reads it
-        kind = _kind_of_keys(obj.keys()) if isinstance(obj, dict) else None
-        del obj
-        if kind != KIND_SHORTCUT:
-            raise ShortcutError(_wrong_kind(path, kind, KIND_SHORTCUT))
+        read_of_kind(path, KIND_SHORTCUT)  # the clear refusal / wrong-kind messages, before the core loader reads it
     weights = load_shortcut(path, generator, num_heads=heads)
     if generator is not None and generator.grid_size != (32, 32) and not weights.generator:
         log.info("%s: the released MaskGIT-Shortcut weights were fitted on MaskGIT-512 (32x32 tokens); this "

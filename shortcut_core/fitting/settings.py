@@ -36,22 +36,21 @@ class FitSettings:
     val_limit: int = 2048
 
     def validate(self) -> None:
-        if self.loss_positions not in ("masked", "all"):
-            raise ShortcutError(f"loss_positions must be 'masked' or 'all', got {self.loss_positions!r}")
-        if not 0 < self.val_fraction < 1:
-            raise ShortcutError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ShortcutError("steps and batch_size must be >= 1")
-        if self.rollout < 1:
-            raise ShortcutError(f"rollout must be >= 1, got {self.rollout}")
-        if self.amp not in AMP_MODES:
-            raise ShortcutError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
-        if self.kl_temperature <= 0:
-            raise ShortcutError(f"kl_temperature must be > 0, got {self.kl_temperature}")
-        if self.mse_weight < 0 or self.kl_weight < 0 or self.mse_weight + self.kl_weight == 0:
-            raise ShortcutError("mse_weight and kl_weight must be >= 0 and not both 0")
-        if self.eval_every < 1:
-            raise ShortcutError(f"eval_every must be >= 1, got {self.eval_every}")
+        checks = (
+            (self.loss_positions in ("masked", "all"),
+             f"loss_positions must be 'masked' or 'all', got {self.loss_positions!r}"),
+            (0 < self.val_fraction < 1, f"val_fraction must be between 0 and 1, got {self.val_fraction}"),
+            (self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1"),
+            (self.rollout >= 1, f"rollout must be >= 1, got {self.rollout}"),
+            (self.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}"),
+            (self.kl_temperature > 0, f"kl_temperature must be > 0, got {self.kl_temperature}"),
+            (self.mse_weight >= 0 and self.kl_weight >= 0 and self.mse_weight + self.kl_weight > 0,
+             "mse_weight and kl_weight must be >= 0 and not both 0"),
+            (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise ShortcutError(message)
 
 
 @dataclass
