@@ -239,6 +239,11 @@ class MaskedGenerator(nn.Module, ABC):
         return ShortcutConfig(feature_dim=self.feature_dim, bottleneck_ratio=bottleneck_ratio, n_blocks=n_blocks,
                               num_heads=num_heads or max(1, width // 32), arch=self.shortcut_arch)
 
+    @property
+    def preset_family(self) -> str:
+        """The model family named in ``presets.PRESETS`` tags (presets made for it); default its shortcut arch."""
+        return self.shortcut_arch
+
     def describe(self) -> dict[str, Any]:
         """Facts recorded with trajectories and shortcut weights."""
         return {

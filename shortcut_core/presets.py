@@ -49,22 +49,10 @@ _SETTING_FIELDS = {f.name for f in fields(SamplerSettings)}
 
 
 def preset_names(generator=None) -> list[str]:
-    """All preset names, or those meant for ``generator`` (by family and resolution) when one is given."""
+    """All preset names, or those meant for ``generator`` (its ``preset_family``) when one is given."""
     if generator is None:
         return list(PRESETS)
-    family = generator_family(generator)
-    return [name for name, (_, tag, _) in PRESETS.items() if tag == family]
-
-
-def generator_family(generator) -> str:
-    """``maskgit512`` / ``maskgit256`` for MaskGIT generators by token grid, else the shortcut architecture."""
-    if getattr(generator, "shortcut_arch", "") == "maskgit":
-        grid = tuple(getattr(generator, "grid_size", (0, 0)))
-        if grid == (32, 32):
-            return "maskgit512"
-        if grid == (16, 16):
-            return "maskgit256"
-    return str(getattr(generator, "shortcut_arch", ""))
+    return [name for name, (_, tag, _) in PRESETS.items() if tag == generator.preset_family]
 
 
 def get_preset(name: str) -> dict:
@@ -72,11 +60,6 @@ def get_preset(name: str) -> dict:
     if name not in PRESETS:
         raise ShortcutError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
     return dict(PRESETS[name][0])
-
-
-def describe_preset(name: str) -> str:
-    get_preset(name)
-    return PRESETS[name][2]
 
 
 def needs_shortcut(name: str) -> bool:
@@ -101,8 +84,8 @@ def check_preset(name: str, generator) -> Optional[str]:
     tag = PRESETS[name][1] if name in PRESETS else None
     if tag is None:
         get_preset(name)
-    family = generator_family(generator)
+    family = generator.preset_family
     if tag != family:
-        return (f"preset {name!r} was made for {tag} models, but generator {getattr(generator, 'identity', '?')!r} "
+        return (f"preset {name!r} was made for {tag} models, but generator {generator.identity!r} "
                 f"is {family or 'another model'}; its steps and guidance may not suit it")
     return None

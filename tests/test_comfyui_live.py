@@ -136,7 +136,7 @@ def _make_tiny_weights(models: Path) -> None:
     """Random tiny generator (16x16 tokens, 64x64 px) + fitting and mismatched shortcut files."""
     sys.path.insert(0, str(ROOT))
     import torch
-    from shortcut_core import ShortcutConfig, ShortcutNetwork, save_generator, save_shortcut
+    from shortcut_core import ShortcutConfig, ShortcutNetwork, ShortcutWeights, save_generator, save_shortcut
     from shortcut_core.backends.maskgit import MaskGITConfig, MaskGITGenerator, MaskTransformer
     from shortcut_core.backends.vqgan import VQConfig, VQModel
     (models / "masked_generators").mkdir(parents=True)
@@ -150,9 +150,9 @@ def _make_tiny_weights(models: Path) -> None:
                            default_settings={"steps": 12})
     save_generator(models / "masked_generators" / "tiny_live.safetensors", gen)
     save_shortcut(models / "shortcut" / "tiny_live_shortcut.safetensors",
-                  ShortcutNetwork(ShortcutConfig(feature_dim=64, num_heads=4)), gen.describe())
+                  ShortcutWeights(ShortcutNetwork(ShortcutConfig(feature_dim=64, num_heads=4)), gen.describe()))
     save_shortcut(models / "shortcut" / "wrong_size.safetensors",
-                  ShortcutNetwork(ShortcutConfig(feature_dim=32, num_heads=4)), {"generator": "else"})
+                  ShortcutWeights(ShortcutNetwork(ShortcutConfig(feature_dim=32, num_heads=4)), {"generator": "else"}))
 
 
 # Real-backend workflows: the names README tells users to put in the model folders. The live server gets tiny
@@ -185,7 +185,7 @@ def _make_real_format_models(models: Path) -> None:
     import torch
     from shortcut_core.registry import load_generator
     from shortcut_core.shortcut import build_shortcut
-    from shortcut_core.weights import save_shortcut
+    from shortcut_core.weights import ShortcutWeights, save_shortcut
     from test_maskgit_official import write_official_files
 
     generators, shortcuts = models / "masked_generators", models / "shortcut"
@@ -212,7 +212,8 @@ def _make_real_format_models(models: Path) -> None:
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "AmusedPipeline"}))
     gen = load_generator(str(folder), device="cpu", dtype="fp32")
     torch.manual_seed(3)
-    save_shortcut(shortcuts / AMUSED_SHORTCUT, build_shortcut(gen.default_shortcut_config()), gen.describe())
+    save_shortcut(shortcuts / AMUSED_SHORTCUT, ShortcutWeights(build_shortcut(gen.default_shortcut_config()),
+                                                               gen.describe()))
 
 
 def _demo_present() -> bool:

@@ -145,6 +145,11 @@ class MaskGITGenerator(MaskedGenerator):
         tokens = torch.where(masked, torch.full_like(codes, self.codebook_size), codes)
         return self.transformer.features(tokens.repeat(ctx.branches, 1), ctx.class_tokens)
 
+    @property
+    def preset_family(self) -> str:
+        """maskgit512 / maskgit256 (the paper's presets) by token grid with the f16 VQGAN, else maskgit."""
+        return {(32, 32): "maskgit512", (16, 16): "maskgit256"}.get(tuple(self.grid_size), "maskgit")
+
     def sequence_length(self, ctx: Context) -> int:
         return self.num_tokens + 1  # the image tokens, then the class token
 
