@@ -439,48 +439,13 @@ def record(generator: MaskedGenerator, folder: Path, conditions: Sequence[Condit
     with _RankLock(folder, rank):
         _cleanup_temporaries(folder, rank)
         index = open_dataset(folder, generator, settings, storage, rank)
-        # shards of this rank: drop entries whose file is gone or damaged (set the file aside), adopt whole shards
-        # a killed run renamed into place but had not listed yet
-        changed = False
-        kept = []
-        for entry in index["shards"]:
-            problem = check_shard(folder / entry["file"], entry, verify=verify)
-            if problem is None:
-                kept.append(entry)
-                continue
-            changed = True
-            path = folder / entry["file"]
-            where = f"; moved to {_set_aside(path).name}" if path.exists() else ""
-            say(f"shard {entry['file']}: {problem}{where}; batch {shard_batch_index(entry)} will be recorded again")
-        listed = {e["file"] for e in kept}
-        for path in sorted(folder.glob(f"shard-r{rank:02d}-*.safetensors")):
-            match = SHARD_PATTERN.search(path.name)
-            if path.name in listed or not match:
-                continue
-            problem = check_shard(path)
-            if problem is not None:
-                say(f"shard {path.name}: {problem}; moved to {_set_aside(path).name}")
-                continue
-            with safe_open(str(path), framework="pt") as handle:
-                count = len(json.loads(handle.metadata()["items"]))
-            kept.append(_shard_entry(folder, path.name, int(match.group(2)), count))
-            changed = True
-            say(f"shard {path.name}: whole but not in the index (interrupted run); adopted")
-        if changed:
-            kept.sort(key=shard_batch_index)
-            index["shards"] = kept
-            index["trajectories"] = sum(int(e["trajectories"]) for e in kept)
-            index["bytes"] = sum(int(e["bytes"]) for e in kept)
-            _write_index(folder, index, rank)
-        merged = load_index(folder)
-        done = {shard_batch_index(e) for e in merged["shards"]}
+        _repair_shards(folder, index, rank, verify, say)
+        done = {shard_batch_index(e) for e in load_index(folder)["shards"]}
         total = len(conditions)
         todo = [i for i in range(total) if i % world_size == rank and i not in done]
-        remaining_all = [i for i in range(total) if i not in done]
-        plan = estimate_recording(generator, conditions, settings, storage, remaining_all)
-        mine = sum(1 for _ in todo)
+        plan = estimate_recording(generator, conditions, settings, storage, [i for i in range(total) if i not in done])
         free = free_disk_bytes(folder)
-        say(f"{folder}: {len(done)} of {total} batches recorded; rank {rank}/{world_size} records {mine} batches. "
+        say(f"{folder}: {len(done)} of {total} batches recorded; rank {rank}/{world_size} records {len(todo)} batches. "
             f"Estimate: {plan['bytes_per_trajectory']:,} bytes per trajectory ({settings.steps} steps x "
             f"{plan['sequence']} x {generator.feature_dim} x {storage}), {plan['trajectories']:,} trajectories "
             f"left in all ranks = {human_bytes(plan['bytes'])}; {human_bytes(free)} free")
@@ -489,31 +454,72 @@ def record(generator: MaskedGenerator, folder: Path, conditions: Sequence[Condit
                                 f"{human_bytes(plan['bytes'])} more but only {human_bytes(free)} is free; free "
                                 "space, record fewer trajectories, or use --storage fp16/bf16 (or fit --online)")
         for batch_index in todo:
-            condition = conditions[batch_index]
-            name = f"shard-r{rank:02d}-{batch_index:06d}.safetensors"
-            recorder = TrajectoryRecorder(storage)
-            seed = settings.seed + batch_index
-
-            def step_callback(info: StepInfo) -> None:
-                recorder(info)
-                if callback is not None:
-                    callback(info)
-
-            result = sample(generator, condition, SamplerSettings(**{**asdict(settings), "seed": seed}),
-                            callback=step_callback)
-            tensors, items = {}, []
-            for j, (item_tensors, info) in enumerate(recorder.items(result, condition, batch_index, seed)):
-                tensors.update({f"{j}.{key}": value for key, value in item_tensors.items()})
-                items.append(info)
-            del result
-            save_safetensors(folder / name, tensors, {"format": TRAJECTORY_FORMAT, "items": items})
-            del tensors
-            entry = _shard_entry(folder, name, batch_index, len(items))
+            entry = _record_batch(generator, folder, conditions[batch_index], settings, storage, rank, batch_index,
+                                  callback)
             index["shards"].append(entry)
-            index["trajectories"] += len(items)
+            index["trajectories"] += entry["trajectories"]
             index["bytes"] += entry["bytes"]
             _write_index(folder, index, rank)
     return load_index(folder)
+
+
+def _repair_shards(folder: Path, index: dict, rank: int, verify: bool, say: Callable[[str], None]) -> None:
+    """This rank's shards: drop entries whose file is gone or damaged (setting the file aside), adopt whole shards
+    a killed run renamed into place but had not listed yet; rewrites the rank's index when anything changed."""
+    changed = False
+    kept = []
+    for entry in index["shards"]:
+        problem = check_shard(folder / entry["file"], entry, verify=verify)
+        if problem is None:
+            kept.append(entry)
+            continue
+        changed = True
+        path = folder / entry["file"]
+        where = f"; moved to {_set_aside(path).name}" if path.exists() else ""
+        say(f"shard {entry['file']}: {problem}{where}; batch {shard_batch_index(entry)} will be recorded again")
+    listed = {e["file"] for e in kept}
+    for path in sorted(folder.glob(f"shard-r{rank:02d}-*.safetensors")):
+        match = SHARD_PATTERN.search(path.name)
+        if path.name in listed or not match:
+            continue
+        problem = check_shard(path)
+        if problem is not None:
+            say(f"shard {path.name}: {problem}; moved to {_set_aside(path).name}")
+            continue
+        with safe_open(str(path), framework="pt") as handle:
+            count = len(json.loads(handle.metadata()["items"]))
+        kept.append(_shard_entry(folder, path.name, int(match.group(2)), count))
+        changed = True
+        say(f"shard {path.name}: whole but not in the index (interrupted run); adopted")
+    if changed:
+        kept.sort(key=shard_batch_index)
+        index["shards"] = kept
+        index["trajectories"] = sum(int(e["trajectories"]) for e in kept)
+        index["bytes"] = sum(int(e["bytes"]) for e in kept)
+        _write_index(folder, index, rank)
+
+
+def _record_batch(generator: MaskedGenerator, folder: Path, condition: Condition, settings: SamplerSettings,
+                  storage: str, rank: int, batch_index: int, callback) -> dict:
+    """Sample batch ``batch_index`` with every step full and write its shard; returns the shard's index entry."""
+    name = f"shard-r{rank:02d}-{batch_index:06d}.safetensors"
+    recorder = TrajectoryRecorder(storage)
+    seed = settings.seed + batch_index
+
+    def step_callback(info: StepInfo) -> None:
+        recorder(info)
+        if callback is not None:
+            callback(info)
+
+    result = sample(generator, condition, SamplerSettings(**{**asdict(settings), "seed": seed}), callback=step_callback)
+    tensors, items = {}, []
+    for j, (item_tensors, info) in enumerate(recorder.items(result, condition, batch_index, seed)):
+        tensors.update({f"{j}.{key}": value for key, value in item_tensors.items()})
+        items.append(info)
+    del result
+    save_safetensors(folder / name, tensors, {"format": TRAJECTORY_FORMAT, "items": items})
+    del tensors
+    return _shard_entry(folder, name, batch_index, len(items))
 
 
 def dataset_summary(folder: Path) -> dict:

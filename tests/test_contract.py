@@ -159,7 +159,8 @@ def test_nodes_load_and_sample_the_fake_backend_through_the_bridge(pack, fitted,
     (folder / "config.json").write_text("{}")
     (folder / MARKER).write_text("{}")
     (standin.models_dir / "shortcut").mkdir(parents=True)
-    (standin.models_dir / "shortcut" / "fake.safetensors").write_bytes((base / "fake_shortcut.safetensors").read_bytes())
+    shortcut_file = base / "fake_shortcut.safetensors"
+    (standin.models_dir / "shortcut" / "fake.safetensors").write_bytes(shortcut_file.read_bytes())
     backend = fake_backend(pack.core)
     loaders = importlib.import_module(pack.core.__name__ + ".backends").PATH_LOADERS
 

@@ -59,7 +59,8 @@ def test_shortcut_sees_previous_feature_new_tokens_and_mask_ratio_before_the_ste
             return prev
 
     infos: list[StepInfo] = []
-    sample(tiny, LABELS, SamplerSettings(steps=5, budget=2, cfg_scale=2.0), shortcut=ShortcutWeights(Spy()), callback=infos.append)
+    sample(tiny, LABELS, SamplerSettings(steps=5, budget=2, cfg_scale=2.0), shortcut=ShortcutWeights(Spy()),
+           callback=infos.append)
     full = [0, 2]
     shortcut_steps = [i for i in range(5) if i not in full]
     assert len(calls) == len(shortcut_steps)

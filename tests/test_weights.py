@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from conftest import tiny_generator, tiny_weights
-from shortcut_core import (ShortcutConfig, ShortcutError, ShortcutNetwork, ShortcutWeights, load_generator, load_shortcut,
-                           save_generator, save_shortcut)
+from shortcut_core import (ShortcutConfig, ShortcutError, ShortcutNetwork, ShortcutWeights, load_generator,
+                           load_shortcut, save_generator, save_shortcut)
 
 
 def test_shortcut_for_another_feature_size_is_refused(tmp_path):

@@ -7,7 +7,8 @@ Loss: MSE on the next feature over still-masked positions (``--loss-positions al
 KL on the head's softmax (``--kl-weight``, ``--kl-temperature``) and teacher-forced rollout (``--rollout K``);
 AdamW (lr 1e-4, weight decay 1e-2), lr x0.1 after ``--lr-drop-step``, gradient clipping, EMA weights exported.
 Validation figures (MSE and token agreement, against the 'reuse the last feature' baseline) go to the log and
-into the file's metadata.
+into the file's metadata, with ``per_call_ratio``: one shortcut call's time over one base-model call's, measured at
+the end of the fit on this machine (a few timed calls each).
 
 Several processes (data parallel, same result as one process over the same global --batch-size):
 

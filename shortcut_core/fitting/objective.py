@@ -132,7 +132,8 @@ def rollout_inputs(generator: MaskedGenerator, batch: dict, ctx: Context, rollou
     steps = Rollout([], [], [], [])
     for k in range(rollout):
         if k == 0:
-            new_map, still, ratio, target = batch["new_map"], batch["still_masked"], batch["mask_ratio"], batch["target"]
+            new_map, still, ratio = batch["new_map"], batch["still_masked"], batch["mask_ratio"]
+            target = batch["target"]
         else:
             new_map, still, ratio = step_views(batch["order"], batch["step"] + k)
             target = batch["targets"][:, k]
