@@ -115,8 +115,8 @@ def is_meissonic_folder(path: Path) -> bool:
         return False
 
 
-def _check_is_meissonic(folder: Path) -> None:
-    """Refuse, naming what was found, a folder that is not a Meissonic model."""
+def read_meissonic_config(folder: Path) -> MeissonicConfig:
+    """The transformer config of a Meissonic folder; refuses, naming what was found, a folder that is not one."""
     config_file = transformer_config_file(folder)
     if not config_file.is_file():
         raise ShortcutError(f"{folder}: not a Meissonic model folder (no transformer/config.json); download the "
@@ -129,15 +129,15 @@ def _check_is_meissonic(folder: Path) -> None:
                             + (f" without {', '.join(missing)}" if missing else "")
                             + f"; Meissonic's is a Transformer2DModel with {', '.join(CONFIG_MARKERS)} "
                             f"(Hugging Face repository {REPOSITORY})")
+    return MeissonicConfig.from_dict(config, source=str(config_file))
 
 
-def load_transformer(folder: Path, dtype: torch.dtype) -> MeissonicTransformer:
+def load_transformer(folder: Path, config: MeissonicConfig, dtype: torch.dtype) -> MeissonicTransformer:
     """The transformer of ``folder/transformer`` (safetensors, the fp16 variant where only it is present), built on
     the meta device and filled from the file, cast to ``dtype``."""
-    sub = Path(folder) / "transformer"
-    config = MeissonicConfig.from_dict(_read_json(sub / "config.json"), source=str(sub / "config.json"))
     from safetensors.torch import load_file
 
+    sub = Path(folder) / "transformer"
     state = {k: v.to(dtype) for k, v in load_file(str(_weight_file(sub, "diffusion_pytorch_model"))).items()}
     with torch.device("meta"):
         model = MeissonicTransformer(config)
@@ -162,7 +162,7 @@ def load_meissonic(folder: Path, device: str | torch.device = "cpu",
     """A ``MeissonicGenerator`` from a Meissonic folder as published (transformer/, vqvae/, text_encoder/,
     tokenizer/, scheduler/ for the mask id); fp16 variant files are accepted. Only safetensors are read."""
     folder = Path(folder).expanduser()
-    _check_is_meissonic(folder)
+    config = read_meissonic_config(folder)
     missing = [name for name in SUBFOLDERS if not (folder / name).is_dir()]
     if missing:
         raise ShortcutError(f"{folder}: missing {', '.join(m + '/' for m in missing)}; download the whole Hugging Face "
@@ -172,7 +172,7 @@ def load_meissonic(folder: Path, device: str | torch.device = "cpu",
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
     low_memory = importlib.util.find_spec("accelerate") is not None  # diffusers warns when asked without it
-    transformer = load_transformer(folder, dtype)
+    transformer = load_transformer(folder, config, dtype)
     try:
         vq = VQModel.from_pretrained(str(folder), subfolder="vqvae", use_safetensors=True, torch_dtype=torch.float32,
                                      low_cpu_mem_usage=low_memory,
@@ -183,7 +183,7 @@ def load_meissonic(folder: Path, device: str | torch.device = "cpu",
         tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
     except (OSError, ValueError) as err:
         raise ShortcutError(f"{folder}: could not load the Meissonic parts ({str(err).splitlines()[0]})") from err
-    _check_text_encoder(folder, text_encoder, transformer.config)
+    _check_text_encoder(folder, text_encoder, config)
     scheduler_config = folder / "scheduler" / "scheduler_config.json"
     mask_id = _read_json(scheduler_config).get("mask_token_id") if scheduler_config.is_file() else None
     if mask_id is None:
