@@ -34,13 +34,14 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection  # noqa: E4
 from shortcut_core import sampler as sampler_module  # noqa: E402
 from shortcut_core.backends import PATH_LOADERS  # noqa: E402
 from shortcut_core.backends.amused import AmusedShortcut  # noqa: E402
+from test_amused import build_tiny_amused, write_tokenizer  # noqa: E402
 from shortcut_core.backends.meissonic import (DEFAULT_SETTINGS, MeissonicGenerator, MeissonicShortcut,  # noqa: E402
                                               load_meissonic, load_meissonic_path)
 from shortcut_core.backends.meissonic_transformer import MeissonicConfig, MeissonicTransformer  # noqa: E402
 from shortcut_core.generator import Condition, ShortcutError  # noqa: E402
 from shortcut_core.recording import record  # noqa: E402
 from shortcut_core.registry import load_generator  # noqa: E402
-from shortcut_core.sampler import SamplerSettings, sample  # noqa: E402
+from shortcut_core.sampler import SamplerSettings, sample, with_overrides  # noqa: E402
 from shortcut_core.schedules import tokens_per_step  # noqa: E402
 from shortcut_core.shortcut import build_shortcut  # noqa: E402
 from shortcut_core.weights import load_shortcut  # noqa: E402
@@ -296,20 +297,6 @@ def test_keep_count_rule_is_the_official_schedule(meta, trajectory_io):
 # a tiny random Meissonic in the published layout
 
 
-def write_tokenizer(folder: Path, pad_token: str = "!") -> None:
-    """A tiny CLIP BPE tokenizer: '!' (the open_clip pad token), single letters inside and at the end of a word."""
-    folder.mkdir(parents=True, exist_ok=True)
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab = {"!": 0}
-    vocab.update({c: 1 + i for i, c in enumerate(letters)})
-    vocab.update({c + "</w>": 1 + len(letters) + i for i, c in enumerate(letters)})
-    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77, "pad_token": pad_token,
-                                                              "tokenizer_class": "CLIPTokenizer"}))
-
-
 TINY = dict(num_layers=1, num_single_layers=1, num_attention_heads=2, attention_head_dim=8, joint_attention_dim=16,
             pooled_projection_dim=16, axes_dims_rope=[2, 2, 4], vocab_size=40, codebook_size=32, downsample=True,
             upsample=True)
@@ -335,10 +322,10 @@ def build_tiny_meissonic(folder: Path, seed: int = 0) -> Path:
             layers_per_block=1, norm_num_groups=4, num_vq_embeddings=32, sample_size=32,
             mid_block_add_attention=False, lookup_from_codebook=True).save_pretrained(folder / "vqvae")
     CLIPTextModelWithProjection(CLIPTextConfig(
-        bos_token_id=53, eos_token_id=54, pad_token_id=0, hidden_size=16, intermediate_size=32, num_attention_heads=2,
-        num_hidden_layers=2, vocab_size=55, projection_dim=16, max_position_embeddings=77,
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+        num_hidden_layers=2, vocab_size=64, projection_dim=16, max_position_embeddings=77,
     )).save_pretrained(folder / "text_encoder")
-    write_tokenizer(folder / "tokenizer")
+    write_tokenizer(folder / "tokenizer")  # aMUSEd's tiny tokenizer: Meissonic pads to 77 whatever its maximum
     (folder / "scheduler").mkdir(exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(
         {"_class_name": "Scheduler", "_diffusers_version": "0.31.0", "mask_token_id": MASK_ID,
@@ -361,14 +348,15 @@ def generator(folder) -> MeissonicGenerator:
 
 
 def settings_for(generator, **overrides) -> SamplerSettings:
-    return SamplerSettings(**{**SamplerSettings.for_generator(generator).__dict__, **overrides})
+    return with_overrides(SamplerSettings.for_generator(generator), **overrides)
 
 
 def test_tiny_folder_loads_and_fp16_variant_is_the_same_generator(folder, generator, tmp_path):
     assert isinstance(generator, MeissonicGenerator) and generator.identity.startswith("meissonic/")
     assert (generator.feature_dim, generator.codebook_size, generator.mask_token_id) == (16, 32, MASK_ID)
     assert generator.image_size == (1024, 1024) and generator.grid_size == (16, 16)
-    assert generator.tokenizer.pad_token == "!"  # from the tokenizer's own files
+    ctx = generator.prepare(Condition(prompts=["moon"]), 1, False)
+    assert ctx.extra["encoder_hidden_states"].shape == (1, 77, 16)  # 77 tokens, not the tokenizer's maximum (16)
     assert next(generator.vq.parameters()).dtype == torch.float32
     assert any(loader(folder, torch.device("cpu"), torch.float32) is not None for loader in PATH_LOADERS)
 
@@ -388,8 +376,6 @@ def test_tiny_folder_loads_and_fp16_variant_is_the_same_generator(folder, genera
 
 
 def test_loading_refuses_folders_that_are_not_meissonic(folder, tmp_path):
-    from test_amused import build_tiny_amused
-
     amused = build_tiny_amused(tmp_path / "amused")
     assert load_meissonic_path(amused, "cpu", torch.float32) is None  # the registry's other loaders go on
     with pytest.raises(ShortcutError, match="not a Meissonic model: transformer/config.json describes a UVit2DModel"):

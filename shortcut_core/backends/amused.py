@@ -424,37 +424,55 @@ def load_amused(folder: Path, device: str | torch.device = "cpu",
     folder = Path(folder).expanduser()
     if not is_amused_folder(folder):
         raise ShortcutError(f"{folder}: not an aMUSEd folder (needs transformer/config.json of a UVit2DModel)")
+    check_subfolders(folder, "amused/amused-256 or amused/amused-512")
+    from diffusers import UVit2DModel
+
+    try:
+        transformer = UVit2DModel.from_pretrained(
+            str(folder), subfolder="transformer", use_safetensors=True, torch_dtype=dtype,
+            low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None,
+            variant=weight_variant(folder / "transformer", SUBFOLDERS["transformer"]))
+    except (OSError, ValueError) as err:
+        raise ShortcutError(f"{folder}: could not load the aMUSEd transformer ({str(err).splitlines()[0]})") from err
+    return assemble(AmusedGenerator, folder, transformer, folder_identity(folder), DEFAULT_SETTINGS, SHORTCUT_FILE,
+                    device, dtype)
+
+
+def check_subfolders(folder: Path, repository: str) -> None:
     missing = [name for name in SUBFOLDERS if not (folder / name).is_dir()]
     if missing:
         raise ShortcutError(f"{folder}: missing {', '.join(m + '/' for m in missing)}; download the whole Hugging Face "
-                            "repository (amused/amused-256 or amused/amused-512)")
-    from diffusers import UVit2DModel, VQModel
+                            f"repository ({repository})")
+
+
+def assemble(cls, folder: Path, transformer, identity: str, default_settings: dict, shortcut_file: str,
+             device: str | torch.device, dtype: torch.dtype) -> AmusedGenerator:
+    """A ``cls`` generator (aMUSEd's design) from its ``transformer`` and the rest of a diffusers-layout ``folder``:
+    ``VQModel`` (float32), ``CLIPTextModelWithProjection``, ``CLIPTokenizer``, the mask id of scheduler/, and
+    ``shortcut_file`` in the folder as the default shortcut; moved to ``device``, ``dtype``."""
+    from diffusers import VQModel
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
-    low_memory = importlib.util.find_spec("accelerate") is not None  # diffusers warns when asked without it
     try:
-        transformer = UVit2DModel.from_pretrained(
-            str(folder), subfolder="transformer", use_safetensors=True, torch_dtype=dtype, low_cpu_mem_usage=low_memory,
-            variant=weight_variant(folder / "transformer", SUBFOLDERS["transformer"]))
         vq = VQModel.from_pretrained(str(folder), subfolder="vqvae", use_safetensors=True, torch_dtype=torch.float32,
-                                     low_cpu_mem_usage=low_memory,
+                                     low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None,
                                      variant=weight_variant(folder / "vqvae", SUBFOLDERS["vqvae"]))
         text_encoder = CLIPTextModelWithProjection.from_pretrained(
             str(folder / "text_encoder"), use_safetensors=True,
             variant=weight_variant(folder / "text_encoder", SUBFOLDERS["text_encoder"]))
         tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
     except (OSError, ValueError) as err:
-        raise ShortcutError(f"{folder}: could not load the aMUSEd parts ({str(err).splitlines()[0]})") from err
+        raise ShortcutError(f"{folder}: could not load the {cls.family} parts ({str(err).splitlines()[0]})") from err
     scheduler_config = folder / "scheduler" / "scheduler_config.json"
     mask_id = _read_json(scheduler_config).get("mask_token_id") if scheduler_config.is_file() else None
     if mask_id is None:
         log.warning("%s: no scheduler/scheduler_config.json; using mask id vocab_size - 1 = %d", folder,
                     transformer.config.vocab_size - 1)
-    settings = dict(DEFAULT_SETTINGS)
-    if (folder / SHORTCUT_FILE).is_file():
-        settings["shortcut"] = str(folder / SHORTCUT_FILE)
-    generator = AmusedGenerator(transformer, vq, text_encoder, tokenizer, folder_identity(folder),
-                                mask_token_id=mask_id, default_settings=settings)
+    settings = dict(default_settings)
+    if (folder / shortcut_file).is_file():
+        settings["shortcut"] = str(folder / shortcut_file)
+    generator = cls(transformer, vq, text_encoder, tokenizer, identity, mask_token_id=mask_id,
+                    default_settings=settings)
     generator.base.to(device=device, dtype=dtype)
     generator.vq.to(device)
     return generator.eval().requires_grad_(False)

@@ -26,7 +26,6 @@ train/record_trajectories.py and train/fit_shortcut.py (docs/meissonic.md).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from dataclasses import asdict
@@ -36,7 +35,8 @@ from typing import Optional, Sequence
 import torch
 
 from ..generator import Context, ShortcutError
-from .amused import AmusedGenerator, AmusedShortcut, _read_json, _weight_file, folder_identity, weight_variant
+from .amused import (AmusedGenerator, AmusedShortcut, _read_json, _weight_file, assemble, check_subfolders,
+                     folder_identity)
 from .meissonic_transformer import TEXT_TOKENS, MeissonicConfig, MeissonicTransformer, require_diffusers
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,6 @@ REPOSITORY = "MeissonFlow/Meissonic"
 # inference.py: 64 steps, guidance 9; the pipeline's temperature (2, 0) and cosine masking schedule.
 DEFAULT_SETTINGS = {"steps": 64, "cfg_scale": 8.0, "cfg_ramp": False, "schedule": "amused_cosine",
                     "confidence": "meissonic", "sm_temp": 1.0, "r_temp": 2.0, "r_temp_end": 0.0}
-SUBFOLDERS = ("transformer", "vqvae", "text_encoder", "tokenizer")
 # transformer/config.json keys that tell Meissonic's Transformer2DModel from diffusers' class of the same name
 CONFIG_MARKERS = ("num_single_layers", "axes_dims_rope", "codebook_size", "vocab_size")
 
@@ -163,40 +162,12 @@ def load_meissonic(folder: Path, device: str | torch.device = "cpu",
     tokenizer/, scheduler/ for the mask id); fp16 variant files are accepted. Only safetensors are read."""
     folder = Path(folder).expanduser()
     config = read_meissonic_config(folder)
-    missing = [name for name in SUBFOLDERS if not (folder / name).is_dir()]
-    if missing:
-        raise ShortcutError(f"{folder}: missing {', '.join(m + '/' for m in missing)}; download the whole Hugging Face "
-                            f"repository {REPOSITORY}")
+    check_subfolders(folder, REPOSITORY)
     require_diffusers()
-    from diffusers import VQModel
-    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
-
-    low_memory = importlib.util.find_spec("accelerate") is not None  # diffusers warns when asked without it
-    transformer = load_transformer(folder, config, dtype)
-    try:
-        vq = VQModel.from_pretrained(str(folder), subfolder="vqvae", use_safetensors=True, torch_dtype=torch.float32,
-                                     low_cpu_mem_usage=low_memory,
-                                     variant=weight_variant(folder / "vqvae", "diffusion_pytorch_model"))
-        text_encoder = CLIPTextModelWithProjection.from_pretrained(
-            str(folder / "text_encoder"), use_safetensors=True,
-            variant=weight_variant(folder / "text_encoder", "model"))
-        tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
-    except (OSError, ValueError) as err:
-        raise ShortcutError(f"{folder}: could not load the Meissonic parts ({str(err).splitlines()[0]})") from err
-    _check_text_encoder(folder, text_encoder, config)
-    scheduler_config = folder / "scheduler" / "scheduler_config.json"
-    mask_id = _read_json(scheduler_config).get("mask_token_id") if scheduler_config.is_file() else None
-    if mask_id is None:
-        log.warning("%s: no scheduler/scheduler_config.json; using mask id vocab_size - 1 = %d", folder,
-                    transformer.config.vocab_size - 1)
-    settings = dict(DEFAULT_SETTINGS)
-    if (folder / SHORTCUT_FILE).is_file():
-        settings["shortcut"] = str(folder / SHORTCUT_FILE)
-    generator = MeissonicGenerator(transformer, vq, text_encoder, tokenizer, folder_identity(folder, "meissonic"),
-                                   mask_token_id=mask_id, default_settings=settings)
-    generator.base.to(device=device, dtype=dtype)
-    generator.vq.to(device)
-    return generator.eval().requires_grad_(False)
+    generator = assemble(MeissonicGenerator, folder, load_transformer(folder, config, dtype),
+                         folder_identity(folder, "meissonic"), DEFAULT_SETTINGS, SHORTCUT_FILE, device, dtype)
+    _check_text_encoder(folder, generator.text_encoder, config)
+    return generator
 
 
 def load_meissonic_path(path, device, dtype) -> Optional[MeissonicGenerator]:
