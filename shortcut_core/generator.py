@@ -57,7 +57,9 @@ class Context:
     """Per-run state a backend builds once in ``prepare`` and reads at every step.
 
     ``batch_size`` images, ``branches`` = 2 with classifier-free guidance else 1; ``rows`` = their product.
-    Backends subclass it with their own typed fields (``per_row`` for those with one entry per row).
+    ``step`` of ``steps`` is the sampler's step, set before each base call, for models conditioned on it
+    (Meissonic feeds N - 1 - step). Backends subclass it with their own typed fields (``per_row`` for those with
+    one entry per row).
     """
 
     batch_size: int
@@ -66,6 +68,8 @@ class Context:
     padding: Optional[torch.Tensor] = None  # [R, T] bool, True = padded feature position; None = no padding
     lengths: Optional[list[int]] = per_row()  # each row's own sequence length; None = every row is T long
     image_index: Optional[torch.Tensor] = per_row()  # [R, L] image positions per row; None = 0..L-1
+    step: int = 0
+    steps: int = 1
 
     @property
     def rows(self) -> int:
