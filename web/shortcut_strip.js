@@ -246,6 +246,7 @@ function drawStrip(ctx, node, width, y) {
   const margin = 15;
   const inner = Math.max(10, width - 2 * margin);
   const lines = stripText(node, width);
+  node.__migmStripLines = lines; // what the strip shows now (the live test reads it)
   const height = BAR + lines.length * LINE + 6;
   ctx.save();
   ctx.fillStyle = "rgba(0,0,0,0.25)";
@@ -282,6 +283,8 @@ function fitNode(node, minWidth) {
 
 function setupSampler(node) {
   setupPresets(node);
+  const budget = widget(node, "budget");
+  if (budget) budget.options.max = Math.max(1, widget(node, "steps")?.value ?? 1);
   for (const name of ["steps", "budget", "full_step_rule", "full_steps", "method"]) {
     watchWidget(node, name, () => {
       const steps = widget(node, "steps");
