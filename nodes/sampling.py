@@ -327,8 +327,8 @@ def run_stats(settings: SamplerSettings, result, shortcut_connected: bool, fitte
     vanilla = vanilla_seconds(result, steps, method)
     speedup = vanilla / result.seconds if result.seconds > 0 else 1.0
     summary = (f"{result.steps_run} of {steps} steps: {result.base_calls} base + {result.shortcut_calls} {method} "
-               f"calls (full steps {result.full_steps}); {result.seconds:.2f} s, {speedup:.2f}x faster than "
-               f"vanilla (estimated {vanilla:.2f} s)")
+               f"calls (full steps {result.full_steps}); {result.seconds:.2f} s, {speedup:.2f}x the speed of the "
+               f"vanilla sampler (estimated {vanilla:.2f} s)")
     if ratio is not None:
         summary += f"; a {method} call costs {ratio:.3f} of a base call"
     if not shortcut_connected:

@@ -28,6 +28,7 @@ const COLORS = {
   text: "#dddddd",
   dim: "#9aa4ad",
   warn: "#ff6b6b",
+  refused: "#6b3b3b",
   frame: "#555555",
 };
 
@@ -254,7 +255,8 @@ function drawStrip(ctx, node, width, y) {
   const cell = inner / s.steps;
   const gap = s.steps <= 48 ? 2 : 0;
   for (let i = 0; i < s.steps; i++) {
-    ctx.fillStyle = s.isFull[i] ? (s.vanilla || s.noShortcut ? COLORS.vanilla : COLORS.full) : COLORS.shortcut;
+    ctx.fillStyle = s.problem ? COLORS.refused
+      : s.isFull[i] ? (s.vanilla || s.noShortcut ? COLORS.vanilla : COLORS.full) : COLORS.shortcut;
     ctx.fillRect(margin + i * cell, y + 4, Math.max(1, cell - gap), 14);
   }
   ctx.strokeStyle = COLORS.frame;
@@ -269,16 +271,31 @@ function drawStrip(ctx, node, width, y) {
   ctx.restore();
   if (height !== node.__migmStripHeight) {
     node.__migmStripHeight = height;
-    requestAnimationFrame(() => fitNode(node, 0));
+    requestAnimationFrame(() => fitNode(node, 0, true));
   }
 }
 
-// Tall enough for every widget and the strip's lines; at least minWidth wide.
-function fitNode(node, minWidth) {
+// Tall enough for every widget and the strip's lines (exactly that tall with `exact`, as the strip's line count
+// changes); at least minWidth wide.
+function fitNode(node, minWidth, exact = false) {
   const needed = node.computeSize?.();
   if (!needed) return;
-  node.setSize?.([Math.max(node.size?.[0] ?? 0, needed[0], minWidth), Math.max(needed[1], node.size?.[1] ?? 0)]);
+  const height = exact ? needed[1] : Math.max(needed[1], node.size?.[1] ?? 0);
+  node.setSize?.([Math.max(node.size?.[0] ?? 0, needed[0], minWidth), height]);
   redraw(node);
+}
+
+// ComfyUI 0.3.64 lists a pack's templates in directory order; this pack's are numbered in the order to open
+// them, so the template browser gets them sorted by name.
+function sortOwnTemplates() {
+  const pack = decodeURIComponent(new URL(import.meta.url).pathname.split("/").slice(-2, -1)[0] ?? "");
+  const original = api.getWorkflowTemplates;
+  if (!pack || typeof original !== "function") return;
+  api.getWorkflowTemplates = async function (...args) {
+    const lists = await original.apply(this, args);
+    if (Array.isArray(lists?.[pack])) lists[pack] = [...lists[pack]].sort();
+    return lists;
+  };
 }
 
 function setupSampler(node) {
@@ -409,6 +426,9 @@ function refreshNode(node, interactive) {
 
 app.registerExtension({
   name: "migm.shortcut.Nodes",
+  setup() {
+    sortOwnTemplates();
+  },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     const type = nodeData.name;
     if (SAMPLERS.includes(type)) {
