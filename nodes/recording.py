@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Optional
 
 from comfy_api.latest import io
 
@@ -65,8 +66,8 @@ class RecordTrajectories(io.ComfyNode):
                                   schedule=schedule)
         shown = {"steps": steps, "cfg": cfg, "cfg_ramp": cfg_ramp, "sm_temp": sm_temp, "r_temp": r_temp,
                  "schedule": schedule}
-        preset_note(preset, gen, shown)
-        return record_dataset(generator, conditioning, dataset_name, batches, storage, settings, batch_size)
+        note = preset_note(preset, gen, shown)
+        return record_dataset(generator, conditioning, dataset_name, batches, storage, settings, batch_size, note)
 
 
 def dataset_fingerprint(dataset_name) -> str:
@@ -78,7 +79,7 @@ def dataset_fingerprint(dataset_name) -> str:
 
 
 def record_dataset(generator, conditioning, dataset_name: str, batches: int, storage: str, settings,
-                   batch_size: int) -> io.NodeOutput:
+                   batch_size: int, note: Optional[str] = None) -> io.NodeOutput:
     handle = generator_handle(generator)
     gen = handle.generator
     conditioning = check_conditioning(conditioning)
@@ -107,6 +108,8 @@ def record_dataset(generator, conditioning, dataset_name: str, batches: int, sto
     text = (f"{folder.name}: {summary['trajectories']} trajectories, {summary['bytes']} bytes "
             f"({summary['bytes'] / 2**20:.1f} MiB) in {summary['shards']} shards; {added} added this run in "
             f"{time.perf_counter() - started:.1f} s")
+    if note:
+        text += f"; note: {note}"
     info = {"folder": str(folder), "name": folder.name, "added": added, **summary}
     return io.NodeOutput(text, ui={"text": [text], "dataset": [info]})
 

@@ -18,6 +18,8 @@ MASKGIT = "04 MaskGIT-512 - ImageNet class to image, the paper's preset"
 DIMOO = "05 Lumina-DiMOO - text to image with DiMOO-Shortcut"
 AMUSED_RECORD = "06 aMUSEd step 1 - record trajectories"
 AMUSED_SAMPLE = "07 aMUSEd step 3 - text to image with your fitted shortcut"
+MEISSONIC_RECORD = "08 Meissonic step 1 - record trajectories"
+MEISSONIC_SAMPLE = "09 Meissonic step 3 - vanilla vs your fitted shortcut"
 
 MASKGIT_TRANSFORMER = "pretrained_maskgit/MaskGIT/MaskGIT_ImageNet_512.pth"
 MASKGIT_VQGAN = "pretrained_maskgit/VQGAN/last.ckpt"
@@ -27,6 +29,9 @@ DIMOO_SHORTCUT = "dimoo-shortcut.pth"
 AMUSED_FOLDER = "amused-256"
 AMUSED_SHORTCUT = "amused-256-shortcut.safetensors"
 AMUSED_DATASET = "amused256_trajectories"
+MEISSONIC_FOLDER = "Meissonic"
+MEISSONIC_SHORTCUT = "meissonic-shortcut.safetensors"
+MEISSONIC_DATASET = "meissonic_trajectories"
 
 HF = "https://huggingface.co"
 MASKGIT_REPO = f"{HF}/llvictorll/Maskgit-pytorch/resolve/main"
@@ -118,6 +123,39 @@ NOTE_AMUSED_SAMPLE = """## aMUSEd, step 3 of 3: sample with your fitted shortcut
 
 The Shortcut Sampler uses aMUSEd's own schedule and temperature; cfg 9 is the pipeline's guidance 10. 12 steps,
 6 on the base model, 256 x 256 px (amused-512: 512, multiples of 32)."""
+
+NOTE_MEISSONIC_RECORD = """## Meissonic, step 1 of 3: record trajectories
+
+No shortcut weights are published for Meissonic: record, fit, then sample (docs/meissonic.md).
+
+* `models/masked_generators/Meissonic/`: the whole HF repository `MeissonFlow/Meissonic`, listed as `Meissonic/`.
+* Record Trajectories runs all 64 steps on the base model (the official settings: guidance 9 = cfg 8) and writes
+  `output/meissonic_trajectories/`: 2 trajectories (cond, uncond) of 0.54 GB (fp16) per image, 4.3 GB here.
+* For many prompts, fit online instead (nothing stored): `train/fit_shortcut.py --online --prompts FILE`.
+
+Step 2, fit, in a terminal in the pack's folder with ComfyUI's python:
+
+```
+python train/fit_shortcut.py --data ../../output/meissonic_trajectories
+    --generator ../../models/masked_generators/Meissonic
+    --out ../../models/shortcut/meissonic-shortcut.safetensors
+```
+
+Step 3: press R, then open *09 Meissonic step 3*."""
+
+NOTE_MEISSONIC_SAMPLE = """## Meissonic: vanilla against your fitted shortcut
+
+* `models/masked_generators/Meissonic/`: the HF repository `MeissonFlow/Meissonic` (about 3.3 GB in bf16; an
+  8 GB GPU should do).
+* `models/shortcut/meissonic-shortcut.safetensors`: written in step 2 (template *08*). Load Shortcut Weights
+  refuses weights fitted for another model.
+
+Both Shortcut Samplers use Meissonic's own sampler (its draws and re-masking; cfg 8 is guidance 9): with the same
+seed the vanilla one gives the official pipeline's image. Left: all 64 steps on the base model; right: 16 of 64.
+Width and height: multiples of 32 px, 1024 by default."""
+
+MEISSONIC_PROMPT = {"prompt": "a red fox sitting in a snowy forest at golden hour, detailed fur",
+                    "negative_prompt": "worst quality, low quality, blurry, watermark, text"}
 
 DEMO_GENERATOR = {"generator_name": "demo", "device": "auto", "dtype": "auto"}
 PROMPT = {"prompt": "a photo of a corgi on the beach, sunny day", "negative_prompt": "blurry, low quality"}
@@ -234,10 +272,44 @@ TEMPLATES = {
         "links": SAMPLE_LINKS,
         "models": [model(f"{AMUSED_FOLDER}/model_index.json", f"{HF}/amused/amused-256", "masked_generators")],
         "note": NOTE_AMUSED_SAMPLE},
+    MEISSONIC_RECORD: {
+        "nodes": [node("note", "MarkdownNote", [40, 40], size=[440, 460]),
+                  node("gen", "MIGMLoadMaskedGenerator", [40, 540],
+                       {"generator_name": MEISSONIC_FOLDER + "/", "device": "auto", "dtype": "auto"}, size=[400, 110]),
+                  node("cond", "MIGMTextPrompt", [40, 690], {**MEISSONIC_PROMPT, "width": 0, "height": 0},
+                       size=[440, 300]),
+                  node("rec", "MIGMRecordTrajectories", [520, 40],
+                       {"preset": "generator defaults", "steps": 64, "cfg": 8.0, "cfg_ramp": False, "sm_temp": 1.0,
+                        "r_temp": 2.0, "schedule": "amused_cosine", "control_after_generate": "fixed",
+                        "dataset_name": MEISSONIC_DATASET, "batches": 2, "storage": "fp16", "seed": 0,
+                        "batch_size": 2})],
+        "links": [["gen", 0, "rec", "generator"], ["cond", 0, "rec", "conditioning"]],
+        "models": [model(f"{MEISSONIC_FOLDER}/model_index.json", f"{HF}/MeissonFlow/Meissonic", "masked_generators")],
+        "note": NOTE_MEISSONIC_RECORD},
+    MEISSONIC_SAMPLE: {
+        "nodes": [node("note", "MarkdownNote", [40, 40], size=[440, 330]),
+                  *loaders({"generator_name": MEISSONIC_FOLDER + "/", "device": "auto", "dtype": "auto"},
+                           MEISSONIC_SHORTCUT, 420),
+                  node("cond", "MIGMTextPrompt", [40, 720], {**MEISSONIC_PROMPT, "width": 1024, "height": 1024},
+                       size=[440, 300]),
+                  simple_sampler("vanilla", [520, 40], 64, 64, 8.0, 0, 1, "Vanilla: 64 of 64 steps on the base model"),
+                  simple_sampler("sampler", [1000, 40], 64, 16, 8.0, 0, 1, "Shortcut: 16 of 64 steps on the base model"),
+                  node("save_v", "SaveImage", [520, 560], {"filename_prefix": "migm_meissonic_vanilla"}, [440, 440],
+                       "Vanilla"),
+                  node("save", "SaveImage", [1000, 560], {"filename_prefix": "migm_meissonic_shortcut"}, [440, 440],
+                       "Shortcut")],
+        "links": [*SAMPLE_LINKS, ["gen", 0, "vanilla", "generator"], ["cond", 0, "vanilla", "conditioning"],
+                  ["vanilla", 0, "save_v", "images"]],
+        "models": [model(f"{MEISSONIC_FOLDER}/model_index.json", f"{HF}/MeissonFlow/Meissonic", "masked_generators")],
+        "note": NOTE_MEISSONIC_SAMPLE},
 }
 
 # Templates whose thumbnail is a screenshot of the graph (the real models draw nothing on this machine); the demo
 # templates' thumbnails are images the demo drew.
-GRAPH_THUMBNAILS = {DEMO_RECORD, MASKGIT, DIMOO, AMUSED_RECORD, AMUSED_SAMPLE}
+GRAPH_THUMBNAILS = {DEMO_RECORD, MASKGIT, DIMOO, AMUSED_RECORD, AMUSED_SAMPLE, MEISSONIC_RECORD, MEISSONIC_SAMPLE}
 # Real-model templates: what each needs that only the live test's tiny stand-ins provide.
-NEEDS_DIFFUSERS = {DIMOO, AMUSED_RECORD, AMUSED_SAMPLE}
+NEEDS_DIFFUSERS = {DIMOO, AMUSED_RECORD, AMUSED_SAMPLE, MEISSONIC_RECORD, MEISSONIC_SAMPLE}
+# The guides' three steps: (record template, sample template, model folder, fitted shortcut, dataset)
+RECORD_FIT_SAMPLE = {"amused": (AMUSED_RECORD, AMUSED_SAMPLE, AMUSED_FOLDER, AMUSED_SHORTCUT, AMUSED_DATASET),
+                     "meissonic": (MEISSONIC_RECORD, MEISSONIC_SAMPLE, MEISSONIC_FOLDER, MEISSONIC_SHORTCUT,
+                                   MEISSONIC_DATASET)}

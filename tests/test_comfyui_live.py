@@ -32,9 +32,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from comfy_workflow import ui_to_api, widget_order  # noqa: E402
-from template_specs import (AMUSED_DATASET, AMUSED_FOLDER, AMUSED_RECORD, AMUSED_SAMPLE, AMUSED_SHORTCUT,  # noqa: E402
-                            CYCLE, DEMO_FIRST, DIMOO_FOLDER, DIMOO_SHORTCUT, GRAPH_THUMBNAILS, MASKGIT,
-                            MASKGIT_SHORTCUT, MASKGIT_TRANSFORMER, MASKGIT_VQGAN, NEEDS_DIFFUSERS, TEMPLATES)
+from template_specs import (AMUSED_FOLDER, AMUSED_SHORTCUT, CYCLE, DEMO_FIRST, DIMOO, DIMOO_FOLDER,  # noqa: E402
+                            DIMOO_SHORTCUT, GRAPH_THUMBNAILS, MASKGIT, MASKGIT_SHORTCUT, MASKGIT_TRANSFORMER,
+                            MASKGIT_VQGAN, MEISSONIC_FOLDER, MEISSONIC_SHORTCUT, NEEDS_DIFFUSERS, RECORD_FIT_SAMPLE,
+                            TEMPLATES)
 
 ROOT = Path(__file__).resolve().parent.parent
 PACK_NAME = "ComfyUI-MIGM-Shortcut"
@@ -172,7 +173,8 @@ UNAVAILABLE: dict[str, str] = {}
 
 
 def _missing_packages(python: str) -> str:
-    """What the Lumina-DiMOO and aMUSEd backends need (the pack's requirements.txt) and ``python`` lacks."""
+    """What the Lumina-DiMOO, aMUSEd and Meissonic backends need (the pack's requirements.txt) and ``python``
+    lacks."""
     check = subprocess.run([python, "-c", "import diffusers, transformers"], capture_output=True, text=True)
     if check.returncode == 0:
         return ""
@@ -181,8 +183,8 @@ def _missing_packages(python: str) -> str:
 
 def _make_real_format_models(models: Path) -> None:
     """Official MaskGIT files (.pth + taming last.ckpt + model.yaml), a Lumina-DiMOO folder (sharded safetensors,
-    tokenizer, vqvae/) with a DiMOO-Shortcut state dict, and an aMUSEd diffusers folder with shortcut weights in the
-    format train/fit_shortcut.py writes, under the names the templates use. Random tiny weights: the images are
+    tokenizer, vqvae/) with a DiMOO-Shortcut state dict, and aMUSEd and Meissonic folders with shortcut weights in
+    the format train/fit_shortcut.py writes, under the names the templates use. Random tiny weights: the images are
     noise, the code paths are the real ones."""
     sys.path.insert(0, str(ROOT / "tests"))
     import torch
@@ -200,10 +202,12 @@ def _make_real_format_models(models: Path) -> None:
     missing = _missing_packages(sys.executable) or _missing_packages(COMFYUI_PYTHON)
     if missing:
         for name in NEEDS_DIFFUSERS:
-            UNAVAILABLE[name] = f"models/masked_generators/{DIMOO_FOLDER}/ and {AMUSED_FOLDER}/ need {missing}"
+            UNAVAILABLE[name] = (f"models/masked_generators/{DIMOO_FOLDER}/, {AMUSED_FOLDER}/ and {MEISSONIC_FOLDER}/ "
+                                 f"need {missing}")
         return
     from test_amused import build_tiny_amused
     from test_dimoo import build_tiny_folder
+    from test_meissonic import build_tiny_meissonic
 
     folder = build_tiny_folder(generators / DIMOO_FOLDER)
     gen = load_generator(str(folder), device="cpu", dtype="fp32")
@@ -216,6 +220,11 @@ def _make_real_format_models(models: Path) -> None:
     gen = load_generator(str(folder), device="cpu", dtype="fp32")
     torch.manual_seed(3)
     save_shortcut(shortcuts / AMUSED_SHORTCUT, build_shortcut(gen.default_shortcut_config()), gen.describe())
+
+    folder = build_tiny_meissonic(generators / MEISSONIC_FOLDER)  # 1024 px = 16 x 16 codes: the templates' size
+    gen = load_generator(str(folder), device="cpu", dtype="fp32")
+    torch.manual_seed(4)
+    save_shortcut(shortcuts / MEISSONIC_SHORTCUT, build_shortcut(gen.default_shortcut_config()), gen.describe())
 
 
 def _demo_present() -> bool:
@@ -337,10 +346,10 @@ def test_pack_loads_without_import_error(server):
     shortcuts = info["MIGMLoadShortcutWeights"]["input"]["required"]["shortcut_name"][1]["options"]
     assert MASKGIT_SHORTCUT in shortcuts
     if not UNAVAILABLE:
-        assert {DIMOO_FOLDER + "/", AMUSED_FOLDER + "/"} <= set(generators), generators
-        assert {DIMOO_SHORTCUT, AMUSED_SHORTCUT} <= set(shortcuts), shortcuts
-        assert not [g for g in generators if g.startswith((DIMOO_FOLDER + "/", AMUSED_FOLDER + "/")) and
-                    not g.endswith("/")], generators
+        folders = (DIMOO_FOLDER + "/", AMUSED_FOLDER + "/", MEISSONIC_FOLDER + "/")
+        assert set(folders) <= set(generators), generators
+        assert {DIMOO_SHORTCUT, AMUSED_SHORTCUT, MEISSONIC_SHORTCUT} <= set(shortcuts), shortcuts
+        assert not [g for g in generators if g.startswith(folders) and not g.endswith("/")], generators
     templates = server.get("/workflow_templates")
     assert sorted(templates.get(PACK_NAME, [])) == sorted(TEMPLATES), templates
     assert server.get(f"/extensions/{PACK_NAME}/schedule.js")  # served from WEB_DIRECTORY
@@ -384,24 +393,26 @@ def test_model_management_log_names_the_models(server):
     assert "Requested to load MaskGITGenerator" in log and "Requested to load ShortcutNetwork" in log
     assert "_Managed" not in log
     if not UNAVAILABLE:  # after the Lumina-DiMOO template ran (or now)
-        graph = template_prompt(server, "05 Lumina-DiMOO - text to image with DiMOO-Shortcut")
+        graph = template_prompt(server, DIMOO)
         server.wait(server.queue(graph), timeout=900)
         assert "Requested to load DimooGenerator" in server.log()
 
 
-def test_amused_record_fit_sample_as_the_guide_says(server):
-    """docs/amused.md's three steps: record in ComfyUI, fit with train/fit_shortcut.py on the recorded folder into
-    models/shortcut, sample with the fitted weights in ComfyUI."""
-    if AMUSED_SAMPLE in UNAVAILABLE:
-        pytest.skip(UNAVAILABLE[AMUSED_SAMPLE])
-    recorded = server.wait(server.queue(template_prompt(server, AMUSED_RECORD)), timeout=900)
+@pytest.mark.parametrize("family", sorted(RECORD_FIT_SAMPLE))
+def test_record_fit_sample_as_the_guides_say(server, family):
+    """The three steps of docs/amused.md and docs/meissonic.md: record with the template in ComfyUI, fit with
+    train/fit_shortcut.py on the recorded folder into models/shortcut, sample with the fitted weights in ComfyUI."""
+    record, sample, folder_name, shortcut_name, dataset = RECORD_FIT_SAMPLE[family]
+    if sample in UNAVAILABLE:
+        pytest.skip(UNAVAILABLE[sample])
+    recorded = server.wait(server.queue(template_prompt(server, record)), timeout=900)
     assert recorded["status"]["status_str"] == "success", json.dumps(recorded["status"])[-2000:]
     models = server.base / "models"
-    out = models / "shortcut" / AMUSED_SHORTCUT
+    out = models / "shortcut" / shortcut_name
     before = out.stat().st_mtime_ns
     fit = subprocess.run([sys.executable, str(ROOT / "train" / "fit_shortcut.py"),
-                          "--data", str(server.output / AMUSED_DATASET),
-                          "--generator", str(models / "masked_generators" / AMUSED_FOLDER), "--out", str(out),
+                          "--data", str(server.output / dataset),
+                          "--generator", str(models / "masked_generators" / folder_name), "--out", str(out),
                           "--steps", "20", "--batch-size", "8", "--val-fraction", "0.25", "--device", "cpu",
                           "--no-progress"],
                          capture_output=True, text=True, timeout=900, cwd=ROOT,
@@ -409,12 +420,12 @@ def test_amused_record_fit_sample_as_the_guide_says(server):
     assert fit.returncode == 0, fit.stderr[-3000:]
     report = json.loads(fit.stdout.strip().splitlines()[-1])
     assert out.stat().st_mtime_ns != before and report["val_trajectories"] > 0
-    entry = server.wait(server.queue(template_prompt(server, AMUSED_SAMPLE)), timeout=900)
+    entry = server.wait(server.queue(template_prompt(server, sample)), timeout=900)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-2000:]
-    stats = next(v["shortcut_stats"][0] for v in entry["outputs"].values() if "shortcut_stats" in v)
-    assert stats["shortcut_calls"] > 0, stats
-    print(f"aMUSEd in ComfyUI: recorded, fitted {report['train_trajectories']} trajectories in "
-          f"{report['seconds']:.0f} s, sampled: {stats['summary']}")
+    stats = [v["shortcut_stats"][0] for v in entry["outputs"].values() if "shortcut_stats" in v]
+    assert any(s["shortcut_calls"] > 0 for s in stats), stats
+    print(f"{family} in ComfyUI: recorded, fitted {report['train_trajectories']} trajectories in "
+          f"{report['seconds']:.0f} s, sampled: {[s['summary'] for s in stats]}")
 
 
 def test_vanilla_is_budget_equal_steps_and_the_run_reports_its_calls(server):

@@ -62,3 +62,21 @@ def _describe_amused_folder(path):
 
 
 PATH_DESCRIBERS.append(_describe_amused_folder)
+
+
+def _load_meissonic_folder(path, device, dtype):
+    """Meissonic model folder (transformer/config.json of Meissonic's Transformer2DModel, vqvae/, text_encoder/,
+    tokenizer/, scheduler/); imports the backend (and diffusers) only when called."""
+    from .meissonic import load_meissonic_path
+    return load_meissonic_path(path, device, dtype)
+
+
+PATH_LOADERS.append(_load_meissonic_folder)
+
+
+def _describe_meissonic_folder(path):
+    from .meissonic import describe_meissonic_path
+    return describe_meissonic_path(path)
+
+
+PATH_DESCRIBERS.append(_describe_meissonic_folder)
