@@ -220,6 +220,8 @@ def build_parser() -> ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for _, add in SUBCOMMANDS:
         add(sub)
+    for subcommand in sub.choices.values():  # --debug before or after the subcommand
+        add_debug_flag(subcommand)
     return parser
 
 
