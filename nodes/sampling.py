@@ -17,6 +17,7 @@ from ..shortcut_core.presets import PRESET_NAMES, apply_preset, check_preset
 from ..shortcut_core.recording import STORAGE_DTYPES, dataset_summary, record
 from ..shortcut_core.predictors import METHOD_HELP, METHODS
 from ..shortcut_core.schedules import FULL_STEP_RULES, SEARCHED, TOKEN_SCHEDULES
+from ..shortcut_core.validation import check_batch_memory
 from . import bridge
 from .loaders import MaskedGeneratorType, ShortcutType
 
@@ -314,6 +315,7 @@ class ShortcutMaskedSampler(io.ComfyNode):
         network = shortcut.network if shortcut is not None and (
             settings.resolved_budget() < settings.steps or settings.full_step_rule == SEARCHED) else None
         bridge.load_for_use([handle.patcher, shortcut.patcher if network is not None else None])
+        check_batch_memory(gen, int(batch_size), settings.cfg_scale != 0, what="batch_size")
         reporter = StepReporter(gen, settings.steps, settings.steps)
         result = sample(gen, condition, settings, shortcut=network, batch_size=int(batch_size), callback=reporter)
         reporter.complete()

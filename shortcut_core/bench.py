@@ -38,7 +38,8 @@ from .outputs import atomic_write, check_output_folder, write_text
 from .registry import ASSETS, load_generator, shortcut_path
 from .sampler import SamplerSettings, sample
 from .schedules import SEARCHED
-from .validation import arg_device, arg_int_list, arg_seed, check_seed, non_negative_int, positive_int
+from .validation import (arg_device, arg_int_list, arg_seed, check_batch_memory, check_seed, non_negative_int,
+                         positive_int)
 from .weights import load_shortcut
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,8 @@ def measure(args) -> dict:
     generator = load_generator(args.generator, device=args.device)
     base = SamplerSettings.for_generator(generator)
     base.steps, base.seed = args.steps, args.seed
+    check_batch_memory(generator, max(args.batch, args.quality_batch), base.cfg_scale != 0,
+                       what="--batch / --quality-batch")
     ablation = args.ablation_shortcut
     if ablation is None and args.generator == "demo" and DEMO_ABLATION.exists():
         ablation = str(DEMO_ABLATION)

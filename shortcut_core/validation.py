@@ -208,10 +208,12 @@ def available_ram() -> Optional[int]:
 
 
 def available_memory(device: torch.device) -> Optional[int]:
-    """Free bytes where tensors of ``device`` live: the GPU's free memory, else the RAM available."""
+    """Free bytes where tensors of ``device`` live: on a GPU what the driver has free plus what torch's caching
+    allocator holds unused; else the RAM available."""
     device = torch.device(device)
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0]) + int(cached)
     return available_ram()
 
 

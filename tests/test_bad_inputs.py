@@ -143,6 +143,7 @@ CASES = [
     Case("bench", ["--out", "{ws}/bench"], "results.json", "previous results without --force"),
     Case("bench", ["--seed", str(2 ** 64 - 1)], str(2 ** 64 - 1), "seed + batch beyond 64 bits"),
     Case("bench", ["--device", "cuda:99"], "cuda:99", "a device this machine does not have"),
+    Case("bench", ["--batch", "100000000"], "100000000", "batch too large for the free memory"),
     # --------------------------------------------------------------------------------------------- record
     Case("record", ["--out", "{ws}/new_data", "--classes", "banana"], "'banana'", "unknown class name"),
     Case("record", ["--out", "{ws}/new_data", "--classes", ""], "''", "empty class list"),
