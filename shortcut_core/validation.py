@@ -86,7 +86,7 @@ def check_finite_tensors(tensors: Iterable[tuple[str, torch.Tensor]], where: str
     """Refuse floating-point tensors holding NaN or inf, naming the first one (checked in chunks, so a large
     embedding never needs a second copy of itself in memory)."""
     for name, tensor in tensors:
-        if not torch.is_tensor(tensor) or not (tensor.is_floating_point() or tensor.is_complex()):
+        if not torch.is_tensor(tensor) or tensor.is_meta or not (tensor.is_floating_point() or tensor.is_complex()):
             continue
         flat = tensor.detach().reshape(-1)
         for start in range(0, flat.numel(), chunk):
