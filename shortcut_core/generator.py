@@ -37,7 +37,8 @@ class Context:
 
     ``batch_size`` images, ``branches`` = 2 with classifier-free guidance else 1. ``padding`` is None or a bool
     [branches * B, T] marking padded feature positions (True = padding) for backends with ragged branches.
-    ``extra`` holds whatever else the backend needs (class tokens, prompt ids, caches).
+    ``extra`` holds whatever else the backend needs (class tokens, prompt ids, caches). ``step`` of ``steps`` is the
+    sampler's step, set before each base call, for models conditioned on it (Meissonic feeds N - 1 - step).
     """
 
     batch_size: int
@@ -45,6 +46,8 @@ class Context:
     device: torch.device
     padding: Optional[torch.Tensor] = None
     extra: dict = field(default_factory=dict)
+    step: int = 0
+    steps: int = 1
 
     @property
     def rows(self) -> int:

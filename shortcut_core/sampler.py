@@ -3,8 +3,10 @@
 Confidence-based unmasking as in the MaskGIT reference: sample a code per masked position from
 softmax(logits * sm_temp), score it by its log-probability plus Gumbel noise whose weight r_temp decays
 linearly to 0, keep the top-k(i) (k from the token schedule). ``confidence="dimoo"`` scores as Lumina-DiMOO does
-instead: log-probability under softmax of the UNscaled (guided) logits plus a constant ``r_temp`` x Gumbel. CFG is ``(1 + w_i) c - w_i u`` with
-``w_i = w * i / (N - 1)`` when ramped. On a shortcut step the feature comes from
+instead: log-probability under softmax of the UNscaled (guided) logits plus a constant ``r_temp`` x Gumbel.
+``confidence="meissonic"`` replays Meissonic's scheduler (``meissonic_step``): ``torch.multinomial`` draws, its
+confidence noise and its guidance form. CFG is ``(1 + w_i) c - w_i u`` with ``w_i = w * i / (N - 1)`` when
+ramped. On a shortcut step the feature comes from
 ``shortcut(previous feature, tokens decoded at the previous step, masked fraction before this step)``;
 both CFG branches go through it and features chain from one shortcut step to the next. ``method`` swaps the
 shortcut for a training-free baseline on the same steps (``predictors.py``), or runs ``budget`` vanilla steps.
@@ -29,8 +31,9 @@ log = logging.getLogger(__name__)
 
 AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # How a sampled token is scored for keeping: "maskgit" = log softmax(logits * sm_temp)[code] + r_temp (1 - i/(N-1)) g;
-# "dimoo" = log softmax(logits)[code] + r_temp g (Lumina-DiMOO: temperature t <=> sm_temp = 1/t, r_temp = t).
-CONFIDENCE_MODES = ("maskgit", "dimoo")
+# "dimoo" = log softmax(logits)[code] + r_temp g (Lumina-DiMOO: temperature t <=> sm_temp = 1/t, r_temp = t);
+# "meissonic" = Meissonic's scheduler step, random stream included (``meissonic_step``).
+CONFIDENCE_MODES = ("maskgit", "dimoo", "meissonic")
 
 
 @dataclass
@@ -46,6 +49,7 @@ class SamplerSettings:
     cfg_ramp: bool = True
     sm_temp: float = 1.0
     r_temp: float = 4.5
+    r_temp_end: float = 0.0  # "meissonic" confidence: the Gumbel weight goes linspace(r_temp, r_temp_end, N)
     seed: int = 0
     autocast: str = "none"
     confidence: str = "maskgit"
@@ -75,6 +79,7 @@ class SamplerSettings:
         check_number("cfg_scale", self.cfg_scale, 0, hint="0 turns guidance off")
         check_number("sm_temp", self.sm_temp, 0, low_open=True)
         check_number("r_temp", self.r_temp, 0)
+        check_number("r_temp_end", self.r_temp_end, 0)
         check_seed("seed", self.seed)
         check_choice("confidence", self.confidence, CONFIDENCE_MODES)
         check_choice("autocast", self.autocast, tuple(AUTOCAST_DTYPES))
@@ -120,6 +125,24 @@ def _gumbel(shape, generator: torch.Generator, device: torch.device) -> torch.Te
     return -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
 
 
+def meissonic_step(logits: torch.Tensor, temperature: float, rng: torch.Generator,
+                   last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Meissonic's ``Scheduler.step`` (viiika/Meissonic src/scheduler.py:93-142) on guided logits [B, L, K]:
+    (codes drawn for every position, their confidence). Draws with ``torch.multinomial`` from softmax(logits) over
+    all B x L rows, then scores log p(drawn) (clamped at 1e-20) + ``temperature`` x Gumbel from one uniform per
+    position, consuming ``rng`` exactly in that order, so a run replays the official tokens; the last step
+    draws no noise. The sampler keeps the highest-scored masked positions, which is the official re-masking of
+    the lowest ones."""
+    probs = logits.softmax(dim=-1)
+    sampled = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=rng).view(probs.shape[:-1])
+    selected = probs.gather(-1, sampled[..., None])[..., 0]
+    if last:
+        return sampled, selected
+    uniform = torch.zeros_like(selected).uniform_(0, 1, generator=rng)
+    gumbel = -torch.log((-torch.log(uniform.clamp(1e-20))).clamp(1e-20))
+    return sampled, torch.log(selected.clamp(1e-20)) + temperature * gumbel
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -157,6 +180,7 @@ def sample(generator: MaskedGenerator, condition: Condition, settings: SamplerSe
     amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
 
     length = generator.num_tokens
+    meissonic_temperatures = torch.linspace(settings.r_temp, settings.r_temp_end, steps).tolist()
     codes = torch.zeros(batch, length, dtype=torch.long, device=device)
     masked = torch.ones(batch, length, dtype=torch.bool, device=device)
     order = torch.full((batch, length), -1, dtype=torch.long, device=device)
@@ -174,6 +198,7 @@ def sample(generator: MaskedGenerator, condition: Condition, settings: SamplerSe
         is_full = index in full or feature is None
         _sync(device)
         t0 = time.perf_counter()
+        ctx.step, ctx.steps = index, steps
         with amp:
             if is_full:
                 feature = generator.features(codes, masked, ctx)
@@ -196,13 +221,19 @@ def sample(generator: MaskedGenerator, condition: Condition, settings: SamplerSe
         if guidance:
             weight = settings.cfg_scale * (ramp if settings.cfg_ramp else 1.0)
             cond, uncond = logits[:batch], logits[batch:]
-            logits = (1 + weight) * cond - weight * uncond
+            if settings.confidence == "meissonic":  # the pipeline's u + g (c - u), g = 1 + w
+                logits = uncond + (1 + weight) * (cond - uncond)
+            else:
+                logits = (1 + weight) * cond - weight * uncond
         scaled = logits * settings.sm_temp
-        sampled = (scaled + _gumbel(scaled.shape, rng, device)).argmax(dim=-1)
-        if settings.confidence == "dimoo":
+        if settings.confidence == "meissonic":
+            sampled, confidence = meissonic_step(scaled, meissonic_temperatures[index], rng, count == remaining)
+        elif settings.confidence == "dimoo":
+            sampled = (scaled + _gumbel(scaled.shape, rng, device)).argmax(dim=-1)
             log_prob = torch.log_softmax(logits, dim=-1).gather(-1, sampled[..., None])[..., 0]
             confidence = log_prob + settings.r_temp * _gumbel(log_prob.shape, rng, device)
         else:
+            sampled = (scaled + _gumbel(scaled.shape, rng, device)).argmax(dim=-1)
             log_prob = torch.log_softmax(scaled, dim=-1).gather(-1, sampled[..., None])[..., 0]
             confidence = log_prob + settings.r_temp * (1 - ramp) * _gumbel(log_prob.shape, rng, device)
         confidence = confidence.masked_fill(~masked, float("-inf"))

@@ -227,6 +227,7 @@ SHORTCUT_ARCHS: dict[str, object] = {
     "maskgit": ShortcutNetwork,
     "dimoo": ".backends.dimoo:DimooShortcut",
     "amused": ".backends.amused:AmusedShortcut",
+    "meissonic": ".backends.meissonic:MeissonicShortcut",
 }
 
 

@@ -164,12 +164,17 @@ DIMOO_SHORTCUT = "dimoo-shortcut.pth"
 AMUSED_FOLDER = "amused-256"
 AMUSED_SHORTCUT = "amused-256-shortcut.safetensors"
 AMUSED_DATASET = "amused256_trajectories"
+MEISSONIC_FOLDER = "Meissonic"
+MEISSONIC_SHORTCUT = "meissonic-shortcut.safetensors"
+MEISSONIC_DATASET = "meissonic_trajectories"
+TEXT_TEMPLATES = ("dimoo_text_to_image_shortcut", "amused_record_trajectories", "amused_text_to_image_shortcut",
+                  "meissonic_record_trajectories", "meissonic_text_to_image_shortcut")
 # workflow -> why it cannot run here; filled by _make_real_format_models
 UNAVAILABLE: dict[str, str] = {}
 
 
 def _missing_packages(python: str) -> str:
-    """What the Lumina-DiMOO and aMUSEd backends need (the pack's requirements.txt) and ``python`` lacks."""
+    """What the Lumina-DiMOO, aMUSEd and Meissonic backends need (the pack's requirements.txt) and ``python`` lacks."""
     check = subprocess.run([python, "-c", "import diffusers, transformers"], capture_output=True, text=True)
     if check.returncode == 0:
         return ""
@@ -178,8 +183,8 @@ def _missing_packages(python: str) -> str:
 
 def _make_real_format_models(models: Path) -> None:
     """Official MaskGIT files (.pth + taming last.ckpt + model.yaml), a Lumina-DiMOO folder (sharded safetensors,
-    tokenizer, vqvae/) with a DiMOO-Shortcut state dict, and an aMUSEd diffusers folder with shortcut weights in the
-    format train/fit_shortcut.py writes. Random tiny weights: the images are noise, the code paths are the real
+    tokenizer, vqvae/) with a DiMOO-Shortcut state dict, and aMUSEd and Meissonic folders with shortcut weights in
+    the format train/fit_shortcut.py writes. Random tiny weights: the images are noise, the code paths are the real
     ones."""
     sys.path.insert(0, str(ROOT / "tests"))
     import torch
@@ -196,11 +201,13 @@ def _make_real_format_models(models: Path) -> None:
 
     missing = _missing_packages(sys.executable) or _missing_packages(COMFYUI_PYTHON)
     if missing:
-        for name in ("dimoo_text_to_image_shortcut", "amused_record_trajectories", "amused_text_to_image_shortcut"):
-            UNAVAILABLE[name] = f"models/masked_generators/{DIMOO_FOLDER}/ and {AMUSED_FOLDER}/ need {missing}"
+        for name in TEXT_TEMPLATES:
+            UNAVAILABLE[name] = (f"models/masked_generators/{DIMOO_FOLDER}/, {AMUSED_FOLDER}/ and {MEISSONIC_FOLDER}/ "
+                                 f"need {missing}")
         return
     from test_amused import build_tiny_amused
     from test_dimoo import build_tiny_folder
+    from test_meissonic import build_tiny_meissonic
 
     folder = build_tiny_folder(generators / DIMOO_FOLDER)
     gen = load_generator(str(folder), device="cpu", dtype="fp32")
@@ -213,6 +220,11 @@ def _make_real_format_models(models: Path) -> None:
     gen = load_generator(str(folder), device="cpu", dtype="fp32")
     torch.manual_seed(3)
     save_shortcut(shortcuts / AMUSED_SHORTCUT, build_shortcut(gen.default_shortcut_config()), gen.describe())
+
+    folder = build_tiny_meissonic(generators / MEISSONIC_FOLDER)  # 1024 px = 16 x 16 codes: the templates' size
+    gen = load_generator(str(folder), device="cpu", dtype="fp32")
+    torch.manual_seed(4)
+    save_shortcut(shortcuts / MEISSONIC_SHORTCUT, build_shortcut(gen.default_shortcut_config()), gen.describe())
 
 
 def _demo_present() -> bool:
@@ -313,8 +325,8 @@ def test_pack_loads_without_import_error(server):
     # the real-backend files are listed under the names README gives
     assert MASKGIT_TRANSFORMER in generators and MASKGIT_SHORTCUT in shortcuts
     if not UNAVAILABLE:
-        assert {DIMOO_FOLDER + "/", AMUSED_FOLDER + "/"} <= set(generators), generators
-        assert {DIMOO_SHORTCUT, AMUSED_SHORTCUT} <= set(shortcuts), shortcuts
+        assert {DIMOO_FOLDER + "/", AMUSED_FOLDER + "/", MEISSONIC_FOLDER + "/"} <= set(generators), generators
+        assert {DIMOO_SHORTCUT, AMUSED_SHORTCUT, MEISSONIC_SHORTCUT} <= set(shortcuts), shortcuts
     templates = server.get("/workflow_templates")
     assert set(templates.get(PACK_NAME, [])) >= set(api_workflows()), templates
     assert server.get(f"/extensions/{PACK_NAME}/schedule.js")  # served from WEB_DIRECTORY
@@ -348,21 +360,24 @@ def test_bundled_api_workflow_runs(server, name):
             assert f"{index['bytes']} bytes" in text
 
 
-def test_amused_record_fit_sample_as_the_readme_says(server):
-    """README's three aMUSEd steps: record in ComfyUI, fit with train/fit_shortcut.py on the recorded folder into
-    models/shortcut, sample with the fitted weights in ComfyUI."""
-    name = "amused_text_to_image_shortcut"
+@pytest.mark.parametrize("family, folder_name, shortcut_name, dataset", [
+    ("amused", AMUSED_FOLDER, AMUSED_SHORTCUT, AMUSED_DATASET),
+    ("meissonic", MEISSONIC_FOLDER, MEISSONIC_SHORTCUT, MEISSONIC_DATASET)])
+def test_record_fit_sample_as_the_docs_say(server, family, folder_name, shortcut_name, dataset):
+    """The three steps of README (aMUSEd) and docs/meissonic.md: record with the template in ComfyUI, fit with
+    train/fit_shortcut.py on the recorded folder into models/shortcut, sample with the fitted weights in ComfyUI."""
+    name = f"{family}_text_to_image_shortcut"
     if name in UNAVAILABLE:
         pytest.skip(UNAVAILABLE[name])
     workflows = api_workflows()
-    recorded = server.wait(server.queue(workflows["amused_record_trajectories"]), timeout=600)
+    recorded = server.wait(server.queue(workflows[f"{family}_record_trajectories"]), timeout=600)
     assert recorded["status"]["status_str"] == "success", json.dumps(recorded["status"])[-2000:]
     models = server.base / "models"
-    out = models / "shortcut" / AMUSED_SHORTCUT
+    out = models / "shortcut" / shortcut_name
     before = out.stat().st_mtime_ns
     fit = subprocess.run([sys.executable, str(ROOT / "train" / "fit_shortcut.py"),
-                          "--data", str(server.output / AMUSED_DATASET),
-                          "--generator", str(models / "masked_generators" / AMUSED_FOLDER), "--out", str(out),
+                          "--data", str(server.output / dataset),
+                          "--generator", str(models / "masked_generators" / folder_name), "--out", str(out),
                           "--steps", "20", "--batch-size", "8", "--val-fraction", "0.25", "--device", "cpu",
                           "--no-progress"],
                          capture_output=True, text=True, timeout=900, cwd=ROOT,
@@ -372,10 +387,10 @@ def test_amused_record_fit_sample_as_the_readme_says(server):
     assert out.stat().st_mtime_ns != before and report["val_trajectories"] > 0
     entry = server.wait(server.queue(workflows[name]), timeout=600)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-2000:]
-    stats = next(v["shortcut_stats"][0] for v in entry["outputs"].values() if "shortcut_stats" in v)
-    assert stats["shortcut_calls"] > 0, stats
-    print(f"aMUSEd in ComfyUI: recorded, fitted {report['train_trajectories']} trajectories in "
-          f"{report['seconds']:.0f} s, sampled: {stats['summary']}")
+    stats = [v["shortcut_stats"][0] for v in entry["outputs"].values() if "shortcut_stats" in v]
+    assert any(s["shortcut_calls"] > 0 for s in stats), stats
+    print(f"{family} in ComfyUI: recorded, fitted {report['train_trajectories']} trajectories in "
+          f"{report['seconds']:.0f} s, sampled: {[s['summary'] for s in stats]}")
 
 
 def test_shortcut_faster_calls_reported_and_vanilla_same_as_budget_equal_steps(server):
@@ -828,6 +843,39 @@ NOTE_AMUSED = """## aMUSEd, step 3 of 3: sample with your fitted shortcut
 Preset `generator defaults` = the aMUSEd pipeline's settings (guidance 10 = cfg 9, no ramp, its cosine schedule,
 temperature 2 to 0). 12 steps, 6 on the base model. Width and height 256 (amused-512: 512, multiples of 32)."""
 
+NOTE_MEISSONIC_REC = """## Meissonic, step 1 of 3: record trajectories
+
+No shortcut weights are published for Meissonic: record, fit, then sample (docs/meissonic.md in the pack).
+
+* `models/masked_generators/Meissonic/`: the whole HF repository `MeissonFlow/Meissonic`
+  (`hf download MeissonFlow/Meissonic --local-dir models/masked_generators/Meissonic`), listed as `Meissonic/`.
+* The recorder samples with all 64 steps full (the official settings: guidance 9 = cfg 8) and writes shards to
+  `output/meissonic_trajectories/`: 2 trajectories (cond, uncond) of 0.54 GB (fp16) per image, 4.3 GB here.
+* For many prompts, fit online instead (nothing stored): `train/fit_shortcut.py --online --prompts FILE`.
+
+Step 2, fit: in the pack's folder (`ComfyUI/custom_nodes/comfyui-migm-shortcut`), with ComfyUI's python,
+`python train/fit_shortcut.py --data ../../output/meissonic_trajectories --generator
+../../models/masked_generators/Meissonic --out ../../models/shortcut/meissonic-shortcut.safetensors`
+
+Step 3, sample: press R, then open the template `meissonic_text_to_image_shortcut`."""
+
+NOTE_MEISSONIC = """## Meissonic: vanilla against your fitted shortcut
+
+* `models/masked_generators/Meissonic/`: the HF repository `MeissonFlow/Meissonic` (about 3.3 GB in bf16; an
+  8 GB GPU should do).
+* `models/shortcut/meissonic-shortcut.safetensors`: written by `train/fit_shortcut.py` (template
+  `meissonic_record_trajectories`). Load Shortcut Weights refuses weights fitted for another model.
+
+Both samplers use preset `generator defaults` = the official sampler (64 steps, guidance 9, its draws and
+re-masking): with the same seed the vanilla one gives the official pipeline's image. Left: all 64 steps on the
+base model; right: 16 of 64. Width and height: multiples of 32 px, 1024 by default."""
+
+MEISSONIC_SETTINGS = {"preset": "generator defaults", "steps": 64, "cfg": 8.0, "cfg_ramp": False, "sm_temp": 1.0,
+                      "r_temp": 2.0, "schedule": "amused_cosine", "control_after_generate": "fixed",
+                      "class_name": CYCLE, "class_index": -1}
+MEISSONIC_PROMPT = {"prompt": "a red fox sitting in a snowy forest at golden hour, detailed fur",
+                    "negative_prompt": "worst quality, low quality, blurry, watermark, text"}
+
 AMUSED_SETTINGS = {"preset": "generator defaults", "steps": 12, "cfg": 9.0, "cfg_ramp": False, "sm_temp": 1.0,
                    "r_temp": 2.0, "schedule": "amused_cosine", "control_after_generate": "fixed",
                    "class_name": CYCLE, "class_index": -1}
@@ -936,6 +984,32 @@ WORKFLOW_SPECS = {
                   _node("save", "SaveImage", [1000, 40], {"filename_prefix": "migm_amused"}, [420, 420])],
         "links": SAMPLER_LINKS,
         "note": NOTE_AMUSED},
+    "meissonic_record_trajectories": {
+        "nodes": [_node("note", "MarkdownNote", [40, 40], size=[420, 460]),
+                  _node("gen", "MIGMLoadMaskedGenerator", [40, 540],
+                        {"generator_name": MEISSONIC_FOLDER + "/", "device": "auto", "dtype": "auto"}),
+                  _node("rec", "MIGMTrajectoryRecorder", [500, 40],
+                        {**MEISSONIC_SETTINGS, **MEISSONIC_PROMPT, "dataset_name": MEISSONIC_DATASET, "batches": 2,
+                         "storage": "fp16", "seed": 0, "batch_size": 2})],
+        "links": [["gen", 0, "rec", "generator"]],
+        "note": NOTE_MEISSONIC_REC},
+    "meissonic_text_to_image_shortcut": {
+        "nodes": [_node("note", "MarkdownNote", [40, 40], size=[420, 380]),
+                  *_loaders(MEISSONIC_FOLDER + "/", MEISSONIC_SHORTCUT, 460),
+                  _node("vanilla", "MIGMShortcutMaskedSampler", [500, 40],
+                        {**MEISSONIC_SETTINGS, **MEISSONIC_PROMPT, "budget": 64, "full_step_rule": "official",
+                         "seed": 0, "batch_size": 1, "width": 1024, "height": 1024},
+                        title="Vanilla sampler (64 of 64 steps full)"),
+                  _node("sampler", "MIGMShortcutMaskedSampler", [980, 40],
+                        {**MEISSONIC_SETTINGS, **MEISSONIC_PROMPT, "budget": 16, "full_step_rule": "official",
+                         "seed": 0, "batch_size": 1, "width": 1024, "height": 1024},
+                        title="Shortcut sampler (16 of 64 steps full)"),
+                  _node("save_v", "SaveImage", [1460, 40], {"filename_prefix": "migm_meissonic_vanilla"}, [420, 420],
+                        "Vanilla"),
+                  _node("save", "SaveImage", [1460, 500], {"filename_prefix": "migm_meissonic_shortcut"},
+                        [420, 420], "Shortcut")],
+        "links": [*SAMPLER_LINKS, ["gen", 0, "vanilla", "generator"], ["vanilla", 0, "save_v", "images"]],
+        "note": NOTE_MEISSONIC},
 }
 
 
@@ -974,7 +1048,8 @@ def test_bundled_workflows_are_what_the_front_end_saves(page):
 # Thumbnails of the real-backend templates: a screenshot of the graph in the front end (tiny random weights only
 # draw noise). The demo templates' thumbnails are images the demo drew. MIGM_REGENERATE_THUMBNAILS=1 rewrites these.
 GRAPH_THUMBNAILS = {"maskgit512_class_to_image_shortcut", "dimoo_text_to_image_shortcut", "amused_record_trajectories",
-                    "amused_text_to_image_shortcut"}
+                    "amused_text_to_image_shortcut", "meissonic_record_trajectories",
+                    "meissonic_text_to_image_shortcut"}
 THUMBNAIL_VIEW = {"x": 20, "y": 0, "width": 960, "height": 720}  # graph area shown, 4:3
 THUMBNAIL_SIZE = (512, 384)
 

@@ -35,3 +35,13 @@ def _load_amused_folder(path, device, dtype):
 
 
 PATH_LOADERS.append(_load_amused_folder)
+
+
+def _load_meissonic_folder(path, device, dtype):
+    """Meissonic model folder (transformer/config.json of Meissonic's Transformer2DModel, vqvae/, text_encoder/,
+    tokenizer/, scheduler/); imports the backend (and diffusers) only when called."""
+    from .meissonic import load_meissonic_path
+    return load_meissonic_path(path, device, dtype)
+
+
+PATH_LOADERS.append(_load_meissonic_folder)

@@ -107,6 +107,8 @@ class AmusedGenerator(MaskedGenerator):
 
     condition_kind = "text"
     shortcut_arch = "amused"
+    family = "aMUSEd"  # the model family named in messages (subclasses of the same design name theirs)
+    prompt_tokens: Optional[int] = None  # prompts are padded to this many tokens; None: the tokenizer's maximum
 
     def __init__(self, transformer, vq, text_encoder, tokenizer, identity: str, mask_token_id: Optional[int] = None,
                  default_settings: Optional[dict] = None, image_size: Optional[Sequence[int]] = None):
@@ -126,14 +128,17 @@ class AmusedGenerator(MaskedGenerator):
                                 f"{int(cfg.vocab_size) - 1} (codebook size .. vocab size - 1)")
         if vq is not None and int(vq.config.num_vq_embeddings) != self.codebook_size:
             raise ShortcutError(f"the VQ model has {vq.config.num_vq_embeddings} codes but the transformer predicts "
-                                f"{self.codebook_size}: vqvae/ and transformer/ are not from the same aMUSEd model")
+                                f"{self.codebook_size}: vqvae/ and transformer/ are not from the same {self.family} "
+                                "model")
         self.vq_scale = 2 ** (len(vq.config.block_out_channels) - 1) if vq is not None else 16
         self.cell = self.vq_scale * (2 if cfg.downsample else 1)  # the down/up blocks halve/double the grid
         self.shortcut_num_heads = None
         self.default_settings = dict(DEFAULT_SETTINGS if default_settings is None else default_settings)
         self._pos_scale: Optional[float] = None
-        native = int(cfg.sample_size) * self.vq_scale
-        self.set_image_size(*(image_size or (native, native)))
+        if image_size is None:
+            native = int(cfg.sample_size) * self.vq_scale
+            image_size = (native, native)
+        self.set_image_size(*image_size)
 
     @property
     def transformer(self):
@@ -149,8 +154,8 @@ class AmusedGenerator(MaskedGenerator):
         """Output size in px: multiples of the VQ scale (16), of twice that for amused-512 (down/up-sampling)."""
         for name, value in (("width", width), ("height", height)):
             if not isinstance(value, int) or value < self.cell or value % self.cell:
-                raise ShortcutError(f"{name} must be a positive multiple of {self.cell} px for this aMUSEd model, "
-                                    f"got {value!r}")
+                raise ShortcutError(f"{name} must be a positive multiple of {self.cell} px for this {self.family} "
+                                    f"model, got {value!r}")
         self.image_size = (width, height)
         self.grid_size = (height // self.vq_scale, width // self.vq_scale)
 
@@ -168,7 +173,8 @@ class AmusedGenerator(MaskedGenerator):
     def encode_prompts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(pooled ``text_embeds`` [n, P], encoder states ``hidden_states[-2]`` [n, 77, E]) as the pipeline."""
         ids = self.tokenizer(list(prompts), return_tensors="pt", padding="max_length", truncation=True,
-                             max_length=self.tokenizer.model_max_length).input_ids.to(self.text_encoder.device)
+                             max_length=self.prompt_tokens or self.tokenizer.model_max_length,
+                             ).input_ids.to(self.text_encoder.device)
         out = self.text_encoder(ids, return_dict=True, output_hidden_states=True)
         return out.text_embeds, out.hidden_states[-2]
 
@@ -202,8 +208,8 @@ class AmusedGenerator(MaskedGenerator):
         try:
             return {key: ctx.extra[key] for key in ("encoder_hidden_states", "pooled_text_emb", "micro_conds")}
         except KeyError:
-            raise ShortcutError("aMUSEd needs the Context built by its prepare() (prompts condition the base model); "
-                                "a bare Context only serves new_tokens and head") from None
+            raise ShortcutError(f"{self.family} needs the Context built by its prepare() (prompts condition the base "
+                                "model); a bare Context only serves new_tokens and head") from None
 
     def feature_map(self, input_ids: torch.Tensor, ctx: Context) -> torch.Tensor:
         """The input of ``mlm_layer`` [R, C, h, w] for token ids [R, h, w] (the transformer stops there)."""
@@ -292,13 +298,17 @@ class AmusedGenerator(MaskedGenerator):
                                 num_heads: Optional[int] = None) -> ShortcutConfig:
         width = round(self.feature_dim / bottleneck_ratio)
         return ShortcutConfig(feature_dim=self.feature_dim, bottleneck_ratio=bottleneck_ratio, n_blocks=n_blocks,
-                              num_heads=num_heads or max(1, width // 32), arch="amused")
+                              num_heads=num_heads or max(1, width // 32), arch=self.shortcut_arch)
 
     def describe(self) -> dict:
         info = super().describe()
-        info.update(backend="amused", transformer_config=dict(self.transformer.config),
+        info.update(backend=self.shortcut_arch, transformer_config=self.transformer_config(),
                     mask_token_id=self.mask_token_id, image_size=list(self.image_size))
         return json.loads(json.dumps(info, default=str))
+
+    def transformer_config(self) -> dict:
+        """The transformer's config as recorded with trajectories and shortcut weights."""
+        return dict(self.transformer.config)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -309,6 +319,8 @@ class AmusedShortcut(ShortcutNetwork):
     """MaskGIT-Shortcut network + ``query_pos_proj`` (Linear C -> d'): the fixed 2-D sine-cosine code of every feature
     position, projected, is added to the query stream after ``proj_in``. Everything else (names, blocks, adaLN,
     residual) is ``ShortcutNetwork``'s. The grid comes from ``new.grid`` (``GridNewTokens``), else a square."""
+
+    family, arch = "aMUSEd", "amused"  # what a plain state dict of it is read as (subclasses name theirs)
 
     def __init__(self, config: ShortcutConfig):
         super().__init__(config)
@@ -337,10 +349,11 @@ class AmusedShortcut(ShortcutNetwork):
     def config_from_state_dict(cls, state: dict, num_heads: Optional[int] = None) -> ShortcutConfig:
         """A plain state dict of this network (no official aMUSEd shortcut exists; fitted files carry metadata)."""
         if "query_pos_proj.weight" not in state:
-            raise ShortcutError("not aMUSEd shortcut weights (no 'query_pos_proj.weight'); no official aMUSEd "
-                                "shortcut exists: fit one with train/fit_shortcut.py (its safetensors carry metadata)")
+            raise ShortcutError(f"not {cls.family} shortcut weights (no 'query_pos_proj.weight'); no official "
+                                f"{cls.family} shortcut exists: fit one with train/fit_shortcut.py (its safetensors "
+                                "carry metadata)")
         hidden = int(state["query_pos_proj.weight"].shape[0])
-        return config_from_state_dict(state, num_heads=num_heads or max(1, hidden // 32), arch="amused")
+        return config_from_state_dict(state, num_heads=num_heads or max(1, hidden // 32), arch=cls.arch)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -386,7 +399,7 @@ def _weight_file(folder: Path, stem: str) -> Path:
     return path
 
 
-def folder_identity(folder: Path) -> str:
+def folder_identity(folder: Path, family: str = "amused") -> str:
     """Names the transformer weights whatever their precision: config.json without bookkeeping keys, every tensor's
     name and shape, and the values of the small norm weights and ``mlm_layer.conv1`` rounded to float16 (so the fp16
     variant of a checkpoint gets the identity of its fp32 file and a fine-tune another one)."""
@@ -401,7 +414,7 @@ def folder_identity(folder: Path) -> str:
             digest.update(f"{key}:{list(shape)};".encode())
             if key.endswith("norm.weight") or key == "mlm_layer.conv1.weight":
                 digest.update(handle.get_tensor(key).to(torch.float16).numpy().tobytes())
-    return f"amused/{digest.hexdigest()[:16]}"
+    return f"{family}/{digest.hexdigest()[:16]}"
 
 
 def load_amused(folder: Path, device: str | torch.device = "cpu",
@@ -411,37 +424,55 @@ def load_amused(folder: Path, device: str | torch.device = "cpu",
     folder = Path(folder).expanduser()
     if not is_amused_folder(folder):
         raise ShortcutError(f"{folder}: not an aMUSEd folder (needs transformer/config.json of a UVit2DModel)")
+    check_subfolders(folder, "amused/amused-256 or amused/amused-512")
+    from diffusers import UVit2DModel
+
+    try:
+        transformer = UVit2DModel.from_pretrained(
+            str(folder), subfolder="transformer", use_safetensors=True, torch_dtype=dtype,
+            low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None,
+            variant=weight_variant(folder / "transformer", SUBFOLDERS["transformer"]))
+    except (OSError, ValueError) as err:
+        raise ShortcutError(f"{folder}: could not load the aMUSEd transformer ({str(err).splitlines()[0]})") from err
+    return assemble(AmusedGenerator, folder, transformer, folder_identity(folder), DEFAULT_SETTINGS, SHORTCUT_FILE,
+                    device, dtype)
+
+
+def check_subfolders(folder: Path, repository: str) -> None:
     missing = [name for name in SUBFOLDERS if not (folder / name).is_dir()]
     if missing:
         raise ShortcutError(f"{folder}: missing {', '.join(m + '/' for m in missing)}; download the whole Hugging Face "
-                            "repository (amused/amused-256 or amused/amused-512)")
-    from diffusers import UVit2DModel, VQModel
+                            f"repository ({repository})")
+
+
+def assemble(cls, folder: Path, transformer, identity: str, default_settings: dict, shortcut_file: str,
+             device: str | torch.device, dtype: torch.dtype) -> AmusedGenerator:
+    """A ``cls`` generator (aMUSEd's design) from its ``transformer`` and the rest of a diffusers-layout ``folder``:
+    ``VQModel`` (float32), ``CLIPTextModelWithProjection``, ``CLIPTokenizer``, the mask id of scheduler/, and
+    ``shortcut_file`` in the folder as the default shortcut; moved to ``device``, ``dtype``."""
+    from diffusers import VQModel
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
-    low_memory = importlib.util.find_spec("accelerate") is not None  # diffusers warns when asked without it
     try:
-        transformer = UVit2DModel.from_pretrained(
-            str(folder), subfolder="transformer", use_safetensors=True, torch_dtype=dtype, low_cpu_mem_usage=low_memory,
-            variant=weight_variant(folder / "transformer", SUBFOLDERS["transformer"]))
         vq = VQModel.from_pretrained(str(folder), subfolder="vqvae", use_safetensors=True, torch_dtype=torch.float32,
-                                     low_cpu_mem_usage=low_memory,
+                                     low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None,
                                      variant=weight_variant(folder / "vqvae", SUBFOLDERS["vqvae"]))
         text_encoder = CLIPTextModelWithProjection.from_pretrained(
             str(folder / "text_encoder"), use_safetensors=True,
             variant=weight_variant(folder / "text_encoder", SUBFOLDERS["text_encoder"]))
         tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
     except (OSError, ValueError) as err:
-        raise ShortcutError(f"{folder}: could not load the aMUSEd parts ({str(err).splitlines()[0]})") from err
+        raise ShortcutError(f"{folder}: could not load the {cls.family} parts ({str(err).splitlines()[0]})") from err
     scheduler_config = folder / "scheduler" / "scheduler_config.json"
     mask_id = _read_json(scheduler_config).get("mask_token_id") if scheduler_config.is_file() else None
     if mask_id is None:
         log.warning("%s: no scheduler/scheduler_config.json; using mask id vocab_size - 1 = %d", folder,
                     transformer.config.vocab_size - 1)
-    settings = dict(DEFAULT_SETTINGS)
-    if (folder / SHORTCUT_FILE).is_file():
-        settings["shortcut"] = str(folder / SHORTCUT_FILE)
-    generator = AmusedGenerator(transformer, vq, text_encoder, tokenizer, folder_identity(folder),
-                                mask_token_id=mask_id, default_settings=settings)
+    settings = dict(default_settings)
+    if (folder / shortcut_file).is_file():
+        settings["shortcut"] = str(folder / shortcut_file)
+    generator = cls(transformer, vq, text_encoder, tokenizer, identity, mask_token_id=mask_id,
+                    default_settings=settings)
     generator.base.to(device=device, dtype=dtype)
     generator.vq.to(device)
     return generator.eval().requires_grad_(False)
