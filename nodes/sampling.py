@@ -21,6 +21,7 @@ from ..shortcut_core.predictors import METHOD_HELP, METHODS
 from ..shortcut_core.presets import PRESETS, check_preset
 from ..shortcut_core.schedules import FULL_STEP_RULES, SEARCHED, TOKEN_SCHEDULES
 from ..shortcut_core.speed import expected_speedup, measured_cost_ratio, vanilla_seconds
+from ..shortcut_core.validation import check_batch_memory
 from . import bridge
 from .conditioning import ConditioningType
 from .loaders import GENERATOR_TOOLTIP, MaskedGeneratorType, ShortcutType, generator_handle
@@ -304,6 +305,7 @@ def run_sampler(generator, conditioning, shortcut, settings: SamplerSettings, ba
     network = shortcut.network if shortcut is not None and (
         settings.resolved_budget() < settings.steps or settings.full_step_rule == SEARCHED) else None
     bridge.load_for_use([handle.patcher, shortcut.patcher if network is not None else None])
+    check_batch_memory(gen, int(batch_size), settings.cfg_scale != 0, what="batch_size")
     reporter = StepReporter(gen, settings.steps, settings.steps)
     result = sample(gen, condition, settings, shortcut=network, batch_size=int(batch_size), callback=reporter)
     decoded = gen.decode(result.codes)

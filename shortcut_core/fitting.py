@@ -49,6 +49,7 @@ from .generator import Condition, Context, MaskedGenerator, ShortcutError
 from .recording import ConditionSchedule, TrajectoryDataset, TrajectoryRecorder
 from .sampler import SamplerSettings, sample
 from .shortcut import ShortcutConfig, build_shortcut
+from .validation import available_ram, check_choice, check_number
 from .weights import atomic_write
 
 log = logging.getLogger(__name__)
@@ -80,22 +81,25 @@ class FitSettings:
     val_limit: int = 2048
 
     def validate(self) -> None:
-        if self.loss_positions not in ("masked", "all"):
-            raise ShortcutError(f"loss_positions must be 'masked' or 'all', got {self.loss_positions!r}")
-        if not 0 < self.val_fraction < 1:
-            raise ShortcutError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ShortcutError("steps and batch_size must be >= 1")
-        if self.rollout < 1:
-            raise ShortcutError(f"rollout must be >= 1, got {self.rollout}")
-        if self.amp not in AMP_MODES:
-            raise ShortcutError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
-        if self.kl_temperature <= 0:
-            raise ShortcutError(f"kl_temperature must be > 0, got {self.kl_temperature}")
-        if self.mse_weight < 0 or self.kl_weight < 0 or self.mse_weight + self.kl_weight == 0:
-            raise ShortcutError("mse_weight and kl_weight must be >= 0 and not both 0")
-        if self.eval_every < 1:
-            raise ShortcutError(f"eval_every must be >= 1, got {self.eval_every}")
+        """Refuse settings no fit can use (NaN and inf too), naming the field, what is allowed and the value."""
+        check_choice("loss_positions", self.loss_positions, ("masked", "all"))
+        check_choice("amp", self.amp, AMP_MODES)
+        for name, limits in FIT_LIMITS.items():
+            check_number(name, getattr(self, name), **limits)
+        if self.mse_weight + self.kl_weight == 0:
+            raise ShortcutError("mse_weight and kl_weight are both 0: nothing to fit; set one of them > 0")
+
+
+# What each numeric FitSettings field allows (the fitter's command line checks its flags with the same limits).
+FIT_LIMITS = {
+    "steps": dict(low=1, integer=True), "batch_size": dict(low=1, integer=True), "lr": dict(low=0, low_open=True),
+    "weight_decay": dict(low=0), "lr_drop_step": dict(low=0, integer=True),
+    "ema": dict(low=0, high=1, high_open=True), "grad_clip": dict(low=0),
+    "val_fraction": dict(low=0, high=1, low_open=True, high_open=True), "seed": dict(low=0, high=2 ** 63 - 1, integer=True),
+    "eval_every": dict(low=1, integer=True), "mse_weight": dict(low=0), "kl_weight": dict(low=0),
+    "kl_temperature": dict(low=0, low_open=True), "rollout": dict(low=1, integer=True),
+    "val_limit": dict(low=1, integer=True),
+}
 
 
 @dataclass
@@ -126,8 +130,8 @@ class OnlineSettings:
     storage: str = "fp16"
 
     def validate(self) -> None:
-        if min(self.batch, self.buffer, self.refresh_every, self.val_batches) < 1:
-            raise ShortcutError("online batch, buffer, refresh_every and val_batches must be >= 1")
+        for name in ("batch", "buffer", "refresh_every", "val_batches"):
+            check_number(f"online {name}", getattr(self, name), low=1, integer=True)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -221,6 +225,7 @@ class StepSamples:
             features[n] = item["features"]
             order[n] = item["order"].long()
             codes[n] = item["codes"].long()
+        self.names = [dataset.describe(i) for i in indices]
         dataset.close()  # unmap the shards: their pages would otherwise count twice in RSS
         self.features, self.order, self.codes = features, order, codes  # [N, S, T, D], [N, L], [N, L]
         steps = self.features.shape[1]
@@ -230,6 +235,10 @@ class StepSamples:
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def describe(self, p: int) -> str:
+        n, s = self.pairs[p].tolist()
+        return f"{self.names[n]}, step {s}"
+
     def batch(self, which: torch.Tensor) -> dict[str, torch.Tensor]:
         which = which.to(self.pairs.device)
         traj, step = self.pairs[which, 0], self.pairs[which, 1]
@@ -238,7 +247,8 @@ class StepSamples:
         dev = self.device
         out = {"prev": self.features[traj, step].to(dev).float(), "target": self.features[traj, step + 1].to(dev).float(),
                "codes": self.codes[traj].to(dev), "order": order.to(dev), "step": step.to(dev),
-               "new_map": new_map.to(dev), "still_masked": still_masked.to(dev), "mask_ratio": mask_ratio.to(dev)}
+               "new_map": new_map.to(dev), "still_masked": still_masked.to(dev), "mask_ratio": mask_ratio.to(dev),
+               "pairs": which.cpu()}
         if self.rollout > 1:
             out["targets"] = torch.stack([self.features[traj, step + k] for k in range(1, self.rollout + 1)],
                                          dim=1).to(dev).float()
@@ -266,6 +276,9 @@ class _DatasetStore:
     def info(self, n: int) -> dict:
         return self.dataset.info(self.indices[n])
 
+    def describe(self, n: int) -> str:
+        return self.dataset.describe(self.indices[n])
+
 
 class _MemoryStore:
     """Trajectories held in memory: a list of dicts with features [S, T, D], order [L], codes [L], info."""
@@ -288,13 +301,18 @@ class _MemoryStore:
     def info(self, n: int) -> dict:
         return self.items[n]["info"]
 
+    def describe(self, n: int) -> str:
+        info = self.items[n]["info"]
+        return self.items[n].get("where") or (f"sampler run {info.get('batch_index')} image {info.get('image')} "
+                                              f"branch {info.get('branch')}")
+
     @classmethod
     def preload(cls, dataset: TrajectoryDataset, indices: Sequence[int]) -> "_MemoryStore":
         items = []
         for i in indices:
             item = dataset.load(i)
             items.append({"features": item["features"], "order": item["order"], "codes": item["codes"],
-                          "info": dataset.info(i)})
+                          "info": dataset.info(i), "where": dataset.describe(i)})
         dataset.close()
         return cls(items)
 
@@ -321,6 +339,10 @@ class TrajectorySamples:
         n = bisect.bisect_right(self.offsets, p) - 1
         return n, p - self.offsets[n]
 
+    def describe(self, p: int) -> str:
+        n, s = self.locate(p)
+        return f"{self.store.describe(n)}, step {s}"
+
     def batch(self, which: torch.Tensor) -> dict:
         k = self.rollout
         feats, orders, codes, steps, infos = [], [], [], [], []
@@ -345,7 +367,7 @@ class TrajectorySamples:
         new_map, still_masked, mask_ratio = step_views(order, step)
         out = {"prev": stacked[:, 0], "target": stacked[:, 1], "codes": torch.stack(codes).to(dev), "order": order,
                "step": step, "new_map": new_map, "still_masked": still_masked, "mask_ratio": mask_ratio,
-               "infos": infos, "recorded_lengths": [f.shape[1] for f in feats]}
+               "infos": infos, "recorded_lengths": [f.shape[1] for f in feats], "pairs": which.cpu()}
         if k > 1:
             out["targets"] = stacked[:, 1:]
         return out
@@ -531,6 +553,21 @@ def _loss_weights(generator: MaskedGenerator, batch: dict, ctx: Context, positio
     return weights
 
 
+def nonfinite_message(batch: dict, source, when: str, loss: float) -> str:
+    """Why a loss is not finite: NaN or inf in the recorded features of the batch (naming the shard and step),
+    or else a divergence."""
+    for key in ("prev", "target", "targets"):
+        value = batch.get(key)
+        if value is None or "pairs" not in batch:
+            continue
+        bad = ~torch.isfinite(value.flatten(1)).all(dim=1)
+        if bool(bad.any()):
+            where = source.describe(int(batch["pairs"][int(bad.nonzero()[0])]))
+            return (f"{when}: the recorded features of {where} hold NaN or infinite values (damaged data, not a "
+                    "divergence): delete that shard and rerun the recorder to record it again")
+    return f"{when}: training diverged (loss {loss}); lower --lr"
+
+
 def _masked_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     per_position = (pred.float() - target).pow(2).mean(dim=-1)
     return (per_position * weights).sum() / weights.sum().clamp(min=1)
@@ -572,7 +609,10 @@ def evaluate(generator: MaskedGenerator, network: torch.nn.Module, samples, batc
         pred = network(batch["prev"], new, batch["mask_ratio"], ctx.padding)
         weights = _loss_weights(generator, batch, ctx, "masked", batch["prev"].shape[1])
         n = float(weights.sum())
-        totals[0] += float(_masked_mse(pred, batch["target"], weights)) * n
+        mse = float(_masked_mse(pred, batch["target"], weights))
+        if not math.isfinite(mse):
+            raise ShortcutError(nonfinite_message(batch, samples, "validation", mse))
+        totals[0] += mse * n
         totals[1] += float(_masked_mse(batch["prev"], batch["target"], weights)) * n
         still = batch["still_masked"]
         target_tokens = _head(generator, batch["target"], ctx, still).argmax(-1)
@@ -805,7 +845,7 @@ def _train(generator: MaskedGenerator, config: ShortcutConfig, settings: FitSett
             loss_value = float(value)
             last_loss = loss_value
             if not math.isfinite(loss_value):
-                raise ShortcutError(f"training diverged at step {step} (loss {loss_value}); lower --lr")
+                raise ShortcutError(nonfinite_message(batch, train_source, f"training step {step}", loss_value))
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if settings.grad_clip:
@@ -893,21 +933,6 @@ def _choose_in_memory(dataset: TrajectoryDataset, run: RunOptions, dist: DistInf
     if available is None:
         return need < (2 << 30)
     return need < run.memory_fraction * available
-
-
-def available_ram() -> Optional[int]:
-    """Bytes of RAM available (MemAvailable on Linux), or None when unknown."""
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def _check_generator(generator: MaskedGenerator, recorded: dict, where: str, config: ShortcutConfig) -> None:

@@ -10,6 +10,7 @@ import torch
 
 from .generator import GeneratorCard, MaskedGenerator, ShortcutError
 from .backends import PATH_DESCRIBERS, PATH_LOADERS
+from .validation import check_device, check_finite_tensors
 from .weights import GENERATOR_FORMAT, load_tensors, read_metadata, save_safetensors
 
 log = logging.getLogger(__name__)
@@ -35,12 +36,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise ShortcutError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from err
+    return check_device(name)
 
 
 def _backend_from_metadata(tensors: dict, metadata: dict) -> MaskedGenerator:
@@ -93,7 +89,7 @@ def load_generator(name: str, device: str | torch.device = "auto", dtype: str = 
 
     The VQ decoder stays in float32 whatever ``dtype`` is, as the reference pipelines keep it.
     """
-    device = resolve_device(device) if isinstance(device, str) else device
+    device = resolve_device(str(device))
     torch_dtype = resolve_dtype(dtype, device)
     path = BUILTIN_GENERATORS.get(name)
     if path is not None and not path.exists():
@@ -115,6 +111,7 @@ def load_generator(name: str, device: str | torch.device = "auto", dtype: str = 
     if generator is None:
         raise ShortcutError(f"{path}: not a generator this pack can load (expected a {GENERATOR_FORMAT!r} "
                             "safetensors file, an official checkpoint or a model folder of a supported backend)")
+    check_finite_tensors(generator.state_dict().items(), f"generator {path}")
     generator.eval().requires_grad_(False)
     generator.to(device=device)
     for name, child in generator.named_children():

@@ -122,6 +122,8 @@ def tokens_per_step(steps: int, num_tokens: int, schedule: str = "arccos") -> li
         return dimoo_cosine_counts(steps, num_tokens)
     if schedule == "amused_cosine":
         return amused_cosine_counts(steps, num_tokens)
+    if steps == 1:  # every curve is 0 at its only point: one step decodes everything
+        return [num_tokens]
     r = torch.linspace(1, 0, steps, dtype=torch.float32)
     if schedule == "root":
         val = 1 - r ** 0.5

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Optional
@@ -19,7 +17,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from .generator import MaskedGenerator, ShortcutError
+from .outputs import atomic_write
 from .shortcut import ShortcutConfig, build_shortcut, config_from_state_dict, shortcut_class
+from .validation import check_finite_tensors
 
 log = logging.getLogger(__name__)
 
@@ -27,24 +27,6 @@ SHORTCUT_FORMAT = "migm-shortcut"
 GENERATOR_FORMAT = "migm-generator"
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 STEP_ERRORS_PREFIX = "step_errors."  # + N: measured [N, N] shortcut error table for the searched schedule
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename into place, so a killed process never leaves a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
@@ -119,6 +101,7 @@ def load_shortcut(path: Path, generator: Optional[MaskedGenerator] = None, num_h
     """
     path = Path(path)
     state = load_tensors(path)
+    check_finite_tensors(state.items(), str(path))
     step_errors = {int(k[len(STEP_ERRORS_PREFIX):]): state.pop(k) for k in list(state)
                    if k.startswith(STEP_ERRORS_PREFIX)}
     metadata = read_metadata(path) if path.suffix == ".safetensors" else {}

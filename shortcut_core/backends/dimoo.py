@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..generator import Condition, Context, GeneratorCard, MaskedGenerator, NewTokens, ShortcutError
-from ..shortcut import ShortcutConfig, TimestepEmbedder
+from ..shortcut import ShortcutConfig, TimestepEmbedder, masked_attention
 
 log = logging.getLogger(__name__)
 
@@ -197,19 +197,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
         half = t.shape[-1] // 2
         rotated = torch.cat((-t[..., half:], t[..., :half]), dim=-1)
         return ((t * cos) + (rotated * sin)).to(x.dtype)
-
-
-def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     key_valid: Optional[torch.Tensor]) -> torch.Tensor:
-    """Bidirectional SDPA; ``key_valid`` [R, n] (None = all valid). Rows without any valid key give zeros."""
-    if key_valid is None or bool(key_valid.all()):
-        return F.scaled_dot_product_attention(q, k, v)
-    has_key = key_valid.any(dim=1)
-    allowed = key_valid | ~has_key[:, None]  # never a fully masked row (would be NaN); zeroed below
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None, None, :])
-    if not bool(has_key.all()):
-        out = torch.where(has_key[:, None, None, None], out, torch.zeros_like(out))
-    return out
 
 
 class LLaDABlock(nn.Module):
