@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..shortcut_core import ShortcutError
+from ..shortcut_core import DEMO_GENERATOR, ShortcutError
 from ..shortcut_core.cli import parse_labels
 from ..shortcut_core.registry import describe_generator
-from ..shortcut_core import DEMO_GENERATOR
 from . import bridge
 from .loaders import GENERATOR_TOOLTIP, MaskedGeneratorType, generator_handle
 
