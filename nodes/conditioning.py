@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..shortcut_core import DEMO_GENERATOR, ShortcutError
-from ..shortcut_core.cli import parse_labels
+from ..shortcut_core.validation import parse_class_labels
 from ..shortcut_core.registry import describe_generator
 from . import bridge
 from .loaders import GENERATOR_TOOLTIP, MaskedGeneratorType, generator_handle
@@ -52,10 +52,10 @@ def class_conditioning(generator, class_name: str) -> bridge.MaskedConditioning:
     if class_name == CYCLE_CLASSES:
         return bridge.MaskedConditioning("class", generator_identity=generator.identity)
     try:
-        label = parse_labels(str(class_name), generator, 1, 0)[0]
+        label = parse_class_labels(str(class_name), generator.class_names, generator.num_classes, what="class_name")[0]
     except ShortcutError as err:
         shown = ", ".join(map(str, list(generator.class_names)[:30]))
-        raise ShortcutError(f"class {class_name!r} is not a class of generator {generator.identity!r}; its classes "
+        raise ShortcutError(f"class {class_name!r} is not a class of generator {generator.identity!r} ({err}); its classes "
                             f"are: {shown}{' ...' if generator.num_classes > 30 else ''}. Pick one of these or "
                             f"'{CYCLE_CLASSES}'") from err
     names = list(generator.class_names)
