@@ -14,7 +14,7 @@ import {
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const FIXTURES = process.env.SHORTCUT_FIXTURES
   ? resolve(process.env.SHORTCUT_FIXTURES)
-  : resolve(ROOT, "..", "shared", "fixtures", "upstream");
+  : resolve(ROOT, "tests", "fixtures", "upstream");
 
 test("pyRound rounds half to even like Python", () => {
   assert.equal(pyRound(0.5), 0);
