@@ -31,6 +31,16 @@ class Condition:
     negative_prompts: Optional[Sequence[str]] = None
 
 
+@dataclass(frozen=True)
+class GeneratorCard:
+    """What a generator file or folder says about itself, read without loading any weights: enough for menus
+    (which files are generators, which classes one draws, its own sampler settings) before anything runs."""
+
+    condition_kind: str  # "class" or "text"
+    class_names: tuple[str, ...] = ()
+    default_settings: dict = field(default_factory=dict)
+
+
 @dataclass
 class Context:
     """Per-run state a backend builds once in ``prepare`` and reads at every step.

@@ -42,7 +42,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ..generator import Condition, Context, MaskedGenerator, NewTokens, ShortcutError, gather_new_tokens
+from ..generator import (Condition, Context, GeneratorCard, MaskedGenerator, NewTokens, ShortcutError,
+                         gather_new_tokens)
 from ..shortcut import ShortcutConfig, ShortcutNetwork, config_from_state_dict
 
 log = logging.getLogger(__name__)
@@ -484,3 +485,10 @@ def load_amused_path(path, device, dtype) -> Optional[AmusedGenerator]:
     if not is_amused_folder(path):
         return None
     return load_amused(path, device, dtype or torch.float32)
+
+
+def describe_amused_path(path) -> Optional[GeneratorCard]:
+    """``PATH_DESCRIBERS`` entry: a text-to-image card for an aMUSEd diffusers folder (its config only), else None."""
+    if not is_amused_folder(Path(path)):
+        return None
+    return GeneratorCard("text", default_settings=dict(DEFAULT_SETTINGS))

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..generator import Condition, Context, MaskedGenerator, NewTokens, ShortcutError
+from ..generator import Condition, Context, GeneratorCard, MaskedGenerator, NewTokens, ShortcutError
 from ..shortcut import ShortcutConfig, TimestepEmbedder, masked_attention
 
 log = logging.getLogger(__name__)
@@ -580,6 +580,13 @@ def load_dimoo_path(path, device, dtype) -> Optional["DimooGenerator"]:
     return load_dimoo(path, device, dtype or torch.float32)
 
 
+def describe_dimoo_path(path) -> Optional[GeneratorCard]:
+    """``PATH_DESCRIBERS`` entry: a text-to-image card for a LLaDA/DiMOO folder (its config only), else None."""
+    if not is_llada_folder(Path(path)):
+        return None
+    return GeneratorCard("text", default_settings=dict(DEFAULT_SETTINGS))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the generator
 
@@ -609,7 +616,7 @@ class DimooGenerator(MaskedGenerator):
         super().__init__()
         cfg = transformer.config
         self.transformer = transformer
-        self._vq = [vq]  # kept out of the module tree: .to(dtype) must never round the float32 VQ
+        self.vq = vq  # a child module, so model management moves and counts it; the registry keeps "vq" in fp32
         self.tokenizer = tokenizer
         self.tokens = tokens
         self.identity = identity
@@ -626,10 +633,6 @@ class DimooGenerator(MaskedGenerator):
         self.feed_prompt = True  # cond rows re-feed the whole prompt as new tokens (official no_prompt=False)
         check_tokens(tokens, cfg.embedding_size, self.codebook_size)
         self.set_image_size(*image_size)
-
-    @property
-    def vq(self):
-        return self._vq[0]
 
     def set_image_size(self, width: int, height: int) -> None:
         """Output size in pixels; both must be positive multiples of the VQ scale (16 for Lumina-DiMOO)."""
@@ -796,8 +799,6 @@ class DimooGenerator(MaskedGenerator):
         if vq is None:
             raise ShortcutError(f"generator {self.identity!r} has no VQ decoder")
         device = self.device
-        if next(vq.parameters()).device != device:
-            vq.to(device)
         height, width = self.grid_size
         images = []
         with torch.autocast(device_type=device.type, enabled=False):
