@@ -14,7 +14,7 @@ import {
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const FIXTURES = process.env.SHORTCUT_FIXTURES
   ? resolve(process.env.SHORTCUT_FIXTURES)
-  : resolve(ROOT, "..", "shared", "fixtures", "upstream");
+  : resolve(ROOT, "tests", "fixtures", "upstream");
 
 function python(lines) {
   const script = ["import json, sys", `sys.path.insert(0, ${JSON.stringify(ROOT)})`, ...lines].join("\n");
