@@ -4,21 +4,33 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import bridge
+from . import bridge, routes
+from .conditioning import MaskedClassLabel, MaskedTextPrompt
+from .legacy import LegacyShortcutMaskedSampler, LegacyTrajectoryRecorder
 from .loaders import LoadMaskedGenerator, LoadShortcutWeights
-from .sampling import ShortcutMaskedSampler, TrajectoryRecorderNode
+from .recording import RecordTrajectories
+from .sampling import ShortcutSampler, ShortcutSamplerAdvanced
 
-NODES: list[type[io.ComfyNode]] = [LoadMaskedGenerator, LoadShortcutWeights, ShortcutMaskedSampler,
-                                   TrajectoryRecorderNode]
+NODES: list[type[io.ComfyNode]] = [LoadMaskedGenerator, LoadShortcutWeights, MaskedClassLabel, MaskedTextPrompt,
+                                   ShortcutSampler, ShortcutSamplerAdvanced, RecordTrajectories,
+                                   LegacyShortcutMaskedSampler, LegacyTrajectoryRecorder]
 
 
 class ShortcutExtension(ComfyExtension):
+    """Registers the model folders and the front end's routes when loaded (ComfyUI 0.3.64 calls only
+    ``get_node_list``; later versions call ``on_load`` first: both do it once)."""
+
     async def on_load(self) -> None:
-        bridge.register_model_folders()
+        self._setup()
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        bridge.register_model_folders()
+        self._setup()
         return list(NODES)
+
+    @staticmethod
+    def _setup() -> None:
+        bridge.register_model_folders()
+        routes.register_routes()
 
 
 async def comfy_entrypoint() -> ShortcutExtension:

@@ -1,14 +1,20 @@
 """Load Masked Generator and Load Shortcut Weights: thin adapters over ``shortcut_core`` loading."""
 from __future__ import annotations
 
+import logging
+
 from comfy_api.latest import io
 
 from ..shortcut_core import ShortcutError, load_generator, load_shortcut
 from ..shortcut_core.dtypes import MODEL_DTYPES, resolve_dtype
 from . import bridge
 
+log = logging.getLogger(__name__)
+
 MaskedGeneratorType = io.Custom("MASKED_GENERATOR")
 ShortcutType = io.Custom("MIGM_SHORTCUT")
+
+GENERATOR_TOOLTIP = "the masked generator from Load Masked Generator"
 
 
 class LoadMaskedGenerator(io.ComfyNode):
@@ -18,20 +24,25 @@ class LoadMaskedGenerator(io.ComfyNode):
             node_id="MIGMLoadMaskedGenerator",
             display_name="Load Masked Generator",
             category=bridge.CATEGORY,
-            description=("Loads a masked image generation model (MaskGIT-style). 'demo' is the small embedded "
-                         "generator (10 shape classes, 64x64 px, runs on CPU). Other files go in "
-                         "ComfyUI/models/masked_generators."),
+            description=("Loads a masked image generation model (MaskGIT, Lumina-DiMOO, aMUSEd). 'demo' is the "
+                         "small embedded generator (10 shape classes, 64x64 px, runs on a CPU). Other models go in "
+                         "ComfyUI/models/masked_generators. ComfyUI's model management moves the model to the GPU "
+                         "when a sampler needs it and offloads it when memory is needed elsewhere."),
             inputs=[
                 io.Combo.Input("generator_name", options=bridge.list_generators(), default=bridge.DEMO,
                                tooltip="'demo' (embedded), a generator file, or a model folder (ends with '/') "
-                                       "from models/masked_generators"),
+                                       "from models/masked_generators. Only files that load as a generator are "
+                                       "listed: a VQGAN or shortcut file is not."),
                 io.Combo.Input("device", options=bridge.device_choices(), default="auto",
                                tooltip="auto = ComfyUI's device; the model is offloaded by ComfyUI when idle"),
                 io.Combo.Input("dtype", options=list(MODEL_DTYPES), default="auto",
                                tooltip="weights precision; auto = bf16 on GPUs that support it, else fp32. "
                                        "The image decoder always stays fp32."),
             ],
-            outputs=[MaskedGeneratorType.Output(display_name="generator")],
+            outputs=[MaskedGeneratorType.Output(
+                display_name="generator",
+                tooltip="the loaded generator: connect it to Load Shortcut Weights, Masked Class Label and the "
+                        "sampler")],
         )
 
     @classmethod
@@ -49,6 +60,8 @@ class LoadMaskedGenerator(io.ComfyNode):
         dtype_name = {v: k for k, v in MODEL_DTYPES.items() if v is not None}[torch_dtype]
         generator = load_generator(str(path), device=offload_device, dtype=dtype_name)
         patcher = bridge.manage(generator, load_device, offload_device)
+        log.info("MIGM-Shortcut: generator %r (%s, %s) loaded, managed by ComfyUI for %s", generator_name,
+                 type(generator).__name__, dtype_name, load_device)
         size = generator.image_size
         return io.NodeOutput(bridge.GeneratorHandle(generator, patcher, generator_name, load_device, offload_device,
                                                     image_size=tuple(size) if size else None))
@@ -69,7 +82,9 @@ class LoadShortcutWeights(io.ComfyNode):
                 io.Combo.Input("shortcut_name", options=bridge.list_shortcuts(), default=bridge.DEMO,
                                tooltip="'demo' (embedded, for the demo generator) or a file from models/shortcut"),
             ],
-            outputs=[ShortcutType.Output(display_name="shortcut")],
+            outputs=[ShortcutType.Output(
+                display_name="shortcut",
+                tooltip="the shortcut network, checked against the generator: connect it to the sampler")],
         )
 
     @classmethod
@@ -81,7 +96,7 @@ class LoadShortcutWeights(io.ComfyNode):
 
     @classmethod
     def execute(cls, generator, shortcut_name: str, **kwargs) -> io.NodeOutput:
-        handle = _generator_handle(generator)
+        handle = generator_handle(generator)
         path = bridge.resolve_shortcut(shortcut_name)
         try:
             weights = load_shortcut(path, handle.generator)
@@ -93,7 +108,7 @@ class LoadShortcutWeights(io.ComfyNode):
         return io.NodeOutput(bridge.ShortcutHandle(weights, patcher, shortcut_name, handle.generator.identity, info))
 
 
-def _generator_handle(value) -> bridge.GeneratorHandle:
+def generator_handle(value) -> bridge.GeneratorHandle:
     if not isinstance(value, bridge.GeneratorHandle):
         raise ShortcutError(f"the 'generator' input must come from a Load Masked Generator node, got "
                             f"{type(value).__name__}")

@@ -1,203 +1,228 @@
-"""Shortcut Masked Sampler and Trajectory Recorder: widgets in, ``shortcut_core.sample`` / ``record`` out.
+"""Shortcut Sampler and Shortcut Sampler (Advanced): generator + conditioning + optional shortcut in, images out.
 
-No sampling maths here: the nodes turn widget values into a ``Condition`` and ``SamplerSettings``, hand the
-models to ComfyUI's model management, and report progress (with a cheap preview) and cancellation per step.
+As KSampler / KSamplerAdvanced: the simple node shows the few widgets most runs change (seed, steps, budget,
+cfg, batch size) and takes the rest (temperatures, token schedule, guidance ramp) from the generator's own
+settings; the advanced node shows all of them, the full-step rule or an explicit list, the method, and a
+preset menu that fills the widgets in the front end. What runs is what the node shows: the preset menu never
+changes a value behind a widget. No sampling maths here: the nodes build ``SamplerSettings``, hand the models to
+ComfyUI's model management, and report progress, previews, cancellation and what the run measured.
 """
 from __future__ import annotations
 
-import re
 import time
+from dataclasses import replace
 from typing import Optional
 
 import torch
 from comfy_api.latest import io
 
-from ..shortcut_core import Condition, SamplerSettings, ShortcutError, sample, with_overrides
-from ..shortcut_core.generator import class_label
-from ..shortcut_core.presets import PRESET_NAMES, apply_preset, check_preset
-from ..shortcut_core.recording import STORAGE_DTYPES, dataset_summary, record
+from ..shortcut_core import SamplerSettings, ShortcutError, sample, with_overrides
 from ..shortcut_core.predictors import METHOD_HELP, METHODS
-from ..shortcut_core.schedules import FULL_STEP_RULES, SEARCHED, TOKEN_SCHEDULES, expected_speedup
+from ..shortcut_core.presets import PRESETS, check_preset
+from ..shortcut_core.schedules import FULL_STEP_RULES, SEARCHED, TOKEN_SCHEDULES
+from ..shortcut_core.speed import expected_speedup, measured_cost_ratio, vanilla_seconds
+from ..shortcut_core.validation import check_batch_memory
 from . import bridge
-from .loaders import MaskedGeneratorType, ShortcutType
+from .conditioning import ConditioningType
+from .loaders import GENERATOR_TOOLTIP, MaskedGeneratorType, ShortcutType, generator_handle
 
 TokensType = io.Custom("MIGM_TOKENS")
 
-CYCLE_CLASSES = "(cycle through all classes)"
 AUTO = "auto"
-PRESET_WIDGETS = "none (use the widgets)"
+CUSTOM = "custom"
 PRESET_GENERATOR = "generator defaults"
-# Relative cost of a shortcut call vs a base call assumed before a run has measured it (paper: ~1/24 MaskGIT).
-ASSUMED_SHORTCUT_COST = 1 / 24
+# SamplerSettings field -> the widget that shows it (presets and the generator's defaults fill these).
+SETTING_WIDGETS = {"steps": "steps", "budget": "budget", "cfg_scale": "cfg", "cfg_ramp": "cfg_ramp",
+                   "sm_temp": "sm_temp", "r_temp": "r_temp", "schedule": "schedule",
+                   "full_step_rule": "full_step_rule"}
 # Previews (image 0, decoded with still-masked tokens greyed): only when ComfyUI shows progress (server), about
-# MAX_PREVIEWS per run plus the finished image, none before PREVIEW_AFTER_SECONDS of sampling (a quick run
-# needs none), and only while decoding them has cost at most PREVIEW_SHARE of the sampling time so far, so a
-# costly decoder gets fewer previews instead of a slower sampler.
+# MAX_PREVIEWS per run, none before PREVIEW_AFTER_SECONDS of sampling (a quick run needs none), and only while
+# decoding them has cost at most PREVIEW_SHARE of the sampling time so far, so a costly decoder gets fewer
+# previews instead of a slower sampler. The finished image is always the last preview.
 MAX_PREVIEWS = 8
 PREVIEW_AFTER_SECONDS = 0.5
 PREVIEW_SHARE = 0.1
 PREVIEW_MIN_SIDE = 256
 PREVIEW_MAX_SIDE = 512
 MASKED_GREY = 0.5
-_DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+SAMPLER_OUTPUT_TOOLTIP = "the images, [batch, height, width, 3] in 0..1, for Save Image or Preview Image"
 
 
-# --------------------------------------------------------------------------------------------- shared inputs
+# --------------------------------------------------------------------------------------------- widgets
 
-def condition_inputs() -> list:
+def seed_input() -> io.Int.Input:
+    return io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                        tooltip="random seed: the same seed, settings and conditioning give the same images")
+
+
+def steps_input(default: int = 16) -> io.Int.Input:
+    return io.Int.Input("steps", default=default, min=1, max=256,
+                        tooltip="sampling steps N: each step unmasks a share of the image tokens")
+
+
+def budget_input(default: int = 6) -> io.Int.Input:
+    return io.Int.Input("budget", default=default, min=1, max=256,
+                        tooltip="base-model calls B (1..steps). The other N - B steps run the small shortcut "
+                                "network instead: lower = faster and less faithful to the vanilla sampler. "
+                                "B = N, or no shortcut connected, is the vanilla sampler. The strip below shows "
+                                "which steps run the base model and the expected speedup.")
+
+
+def cfg_input(default: float = 2.0) -> io.Float.Input:
+    return io.Float.Input("cfg", default=default, min=0.0, max=30.0, step=0.1, round=0.01,
+                          tooltip="classifier-free guidance w, (1 + w) cond - w uncond; 0 = off (half the work). "
+                                  "Lumina-DiMOO uses 4, aMUSEd 9 (its pipeline's guidance 10), MaskGIT 2.8-3.")
+
+
+def batch_input() -> io.Int.Input:
+    return io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="images per run")
+
+
+def sampler_inputs() -> list:
+    return [MaskedGeneratorType.Input("generator", tooltip=GENERATOR_TOOLTIP),
+            ConditioningType.Input("conditioning", tooltip="what to draw, from Masked Class Label or Masked Text "
+                                                           "Prompt"),
+            ShortcutType.Input("shortcut", optional=True,
+                               tooltip="from Load Shortcut Weights; leave unconnected for the vanilla sampler")]
+
+
+def temperature_inputs() -> list:
+    """What the simple sampler takes from the generator, shown on the advanced node and the recorder."""
     return [
-        io.Combo.Input("class_name", options=[CYCLE_CLASSES] + bridge.class_name_options(), default=CYCLE_CLASSES,
-                       tooltip="class-conditional generators: the class to draw (checked against the connected "
-                               "generator's class names); the cycle entry gives image i class i. Ignored by "
-                               "text-to-image generators."),
-        io.Int.Input("class_index", default=-1, min=-1, max=1_000_000,
-                     tooltip="-1 = use class_name; 0 or more = this class number (for generators without names)"),
-        io.String.Input("prompt", default="", multiline=True, optional=True,
-                        tooltip="text-to-image generators only: what to draw"),
-        io.String.Input("negative_prompt", default="", multiline=True, optional=True,
-                        tooltip="text-to-image generators only: what to avoid (the unconditional CFG branch)"),
-    ]
-
-
-def sampling_inputs(budget: bool) -> list:
-    presets = [PRESET_WIDGETS, PRESET_GENERATOR] + (list(PRESET_NAMES) if budget else [])
-    inputs = [io.Combo.Input(
-        "preset", options=presets, default=PRESET_WIDGETS,
-        tooltip="'none' = every widget below counts. 'generator defaults' = cfg, cfg_ramp, sm_temp, r_temp and "
-                "schedule come from the loaded generator (e.g. Lumina-DiMOO's own settings). A named preset "
-                "(the paper's MaskGIT runs, <model>-N<steps>-B<budget>) sets steps and budget too and replaces "
-                "those widgets.")]
-    inputs.append(io.Int.Input("steps", default=16, min=1, max=256,
-                               tooltip="sampling steps N: each step unmasks a share of the tokens"))
-    if budget:
-        inputs.append(io.Int.Input(
-            "budget", default=8, min=1, max=256,
-            tooltip="base-model calls B (<= steps). The other N - B steps run the shortcut network, which costs "
-                    "about 1/24 of a base call: expected speedup N / (B + (N - B) / 24). Lower = faster, less "
-                    "faithful. B = N (or no shortcut connected) is the vanilla sampler."))
-    inputs += [
-        io.Float.Input("cfg", default=2.0, min=0.0, max=30.0, step=0.1, round=0.01,
-                       tooltip="classifier-free guidance w (0 = off, halves the work)"),
         io.Boolean.Input("cfg_ramp", default=True,
-                         tooltip="ramp guidance linearly from 0 at the first step to w at the last (MaskGIT)"),
+                         tooltip="ramp guidance linearly from 0 at the first step to cfg at the last (MaskGIT); "
+                                 "off = the same cfg on every step (Lumina-DiMOO, aMUSEd)"),
         io.Float.Input("sm_temp", default=1.0, min=0.01, max=10.0, step=0.05, round=0.01,
-                       tooltip="softmax temperature: multiplies the logits before sampling a token"),
+                       tooltip="softmax temperature: multiplies the logits before a token is drawn"),
         io.Float.Input("r_temp", default=3.0, min=0.0, max=50.0, step=0.1, round=0.01,
-                       tooltip="randomness of which tokens are kept (Gumbel noise, decays to 0)"),
+                       tooltip="randomness of which drawn tokens are kept (Gumbel noise on the confidence)"),
         io.Combo.Input("schedule", options=[AUTO] + list(TOKEN_SCHEDULES), default=AUTO,
-                       tooltip="how many tokens each step unmasks; auto = the generator's own"),
+                       tooltip="how many tokens each step unmasks; auto = the generator's own schedule"),
     ]
-    if budget:
-        inputs.append(io.Combo.Input("full_step_rule", options=list(FULL_STEP_RULES) + [SEARCHED], default="official",
-                                     tooltip="which steps run the base model: 'official' = the released code "
-                                             "(default), 'paper' = the paper's formula, 'searched' = the steps "
-                                             "that minimise the shortcut error measured on held-out "
-                                             "trajectories (needs weights that carry that table, e.g. the demo's)"))
-    inputs += [
-        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
-        io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="images per run"),
-    ]
-    return inputs
 
 
-def size_inputs() -> list:
-    """Output size for generators that take one (Lumina-DiMOO, aMUSEd); optional so older graphs still run."""
-    return [io.Int.Input(name, default=0, min=0, max=8192, step=16, optional=True,
-                         tooltip=f"image {name} in px for text-to-image generators (Lumina-DiMOO: a multiple "
-                                 "of 16, aMUSEd-512: of 32); 0 = the generator's own size. MaskGIT draws at one "
-                                 "size: leave 0.")
-            for name in ("width", "height")]
+def preset_input(with_budget: bool = True) -> io.Combo.Input:
+    names = [n for n, (overrides, _, _) in PRESETS.items() if with_budget or overrides["budget"] == overrides["steps"]]
+    return io.Combo.Input(
+        "preset", options=[CUSTOM, PRESET_GENERATOR] + names, default=CUSTOM,
+        tooltip="fills the widgets below with a known setting: the loaded generator's own sampler, or a run from "
+                "the MIGM-Shortcut paper (<model>-N<steps>-B<budget>). Only the widgets count: edit one and the "
+                "preset goes back to 'custom'.")
+
+
+METHOD_TOOLTIP = ("; ".join(f"{name}: {text}" for name, text in METHOD_HELP.items()) +
+                  ". The baselines compare with the shortcut at the same budget.")
 
 
 def method_input() -> io.Combo.Input:
-    """What runs on the steps that skip the base model; optional and last so older graphs keep their values."""
-    return io.Combo.Input("method", options=list(METHODS), default="shortcut", optional=True,
-                          tooltip="; ".join(f"{name}: {text}" for name, text in METHOD_HELP.items()) +
-                                  ". The baselines are here to compare with the shortcut at the same budget.")
+    return io.Combo.Input("method", options=list(METHODS), default="shortcut", tooltip=METHOD_TOOLTIP)
 
 
-def make_condition(generator, batch_size: int, class_name: str, class_index: int = -1, prompt: str = "",
-                   negative_prompt: str = "", offset: int = 0) -> Condition:
-    """The core ``Condition`` for ``batch_size`` images from the class/prompt widgets."""
-    if generator.condition_kind == "text":
-        if not (prompt or "").strip():
-            raise ShortcutError(f"generator {generator.identity!r} is text-to-image: write a prompt")
-        negatives = [negative_prompt] * batch_size if (negative_prompt or "").strip() else None
-        return Condition(prompts=[prompt] * batch_size, negative_prompts=negatives)
-    count = generator.num_classes
-    if class_index is not None and class_index >= 0:
-        labels = [int(class_index)] * batch_size
-    elif class_name == CYCLE_CLASSES:
-        labels = [(offset + i) % count for i in range(batch_size)]
-    else:
-        try:
-            labels = [class_label(generator, class_name)] * batch_size
-        except ShortcutError as err:
-            raise ShortcutError(f"{err}. Pick one of these, '{CYCLE_CLASSES}', or set class_index") from None
-    condition = Condition(labels=labels)
-    generator.check_condition(condition, batch_size)
-    return condition
+def full_step_inputs() -> list:
+    return [
+        io.Combo.Input("full_step_rule", options=[AUTO] + list(FULL_STEP_RULES) + [SEARCHED], default=AUTO,
+                       tooltip="which steps run the base model: 'auto' = 'searched' when the shortcut weights "
+                               "carry a step-error table for this step count, else 'official' (the released "
+                               "code); 'paper' = the paper's formula; 'searched' = the steps that minimise the "
+                               "shortcut's error measured on held-out trajectories"),
+        io.String.Input("full_steps", default="",
+                        tooltip="explicit 0-based full steps, e.g. 0,3,5,8 (must start with 0 and hold 'budget' "
+                                "steps); empty = the rule above"),
+    ]
 
 
-def make_settings(generator, steps: int, budget: Optional[int], cfg: float, cfg_ramp: bool, sm_temp: float,
-                  r_temp: float, schedule: str, full_step_rule: str, seed: int,
-                  preset: str = PRESET_WIDGETS) -> tuple[SamplerSettings, Optional[str]]:
-    """Settings and an optional warning: the generator's own defaults (e.g. its confidence rule), then the
-    widgets, except those the preset replaces (see the preset widget's tooltip)."""
-    base = SamplerSettings.for_generator(generator)
-    warning = None
-    if preset in (None, "", PRESET_WIDGETS):
-        settings = with_overrides(base, steps=int(steps), budget=budget, cfg_scale=float(cfg), cfg_ramp=bool(cfg_ramp),
-                                  sm_temp=float(sm_temp), r_temp=float(r_temp),
-                                  schedule=None if schedule == AUTO else schedule, full_step_rule=full_step_rule)
-    elif preset == PRESET_GENERATOR:
-        settings = with_overrides(base, steps=int(steps), budget=budget, full_step_rule=full_step_rule)
-    elif preset in PRESET_NAMES:
-        settings = apply_preset(base, preset)
-        warning = check_preset(preset, generator)
-        if budget is None:  # the recorder: every step full
-            settings.budget = None
-    else:
-        raise ShortcutError(f"unknown preset {preset!r}; pick one of: {PRESET_WIDGETS}, {PRESET_GENERATOR}, "
-                            f"{', '.join(PRESET_NAMES)}")
-    settings.seed = int(seed)
-    settings.full_steps = None
+# --------------------------------------------------------------------------------------------- settings
+
+def full_step_rule_for(rule: str, shortcut: Optional[bridge.ShortcutHandle], steps: int) -> str:
+    """'auto': the searched steps when the weights measured their step errors for this step count."""
+    if rule != AUTO:
+        return rule
+    tables = shortcut.weights.step_errors if shortcut is not None else {}
+    return SEARCHED if int(steps) in tables else "official"
+
+
+def parse_full_steps(text: str) -> Optional[list[int]]:
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return [int(part) for part in text.replace(" ", ",").split(",") if part]
+    except ValueError as err:
+        raise ShortcutError(f"full_steps must be 0-based step numbers separated by commas, e.g. 0,3,5,8; got "
+                            f"{text!r}") from err
+
+
+def build_settings(generator, steps: int, budget: int, cfg: float, seed: int, full_step_rule: str = "official",
+                   full_steps: Optional[list[int]] = None, method: str = "shortcut", cfg_ramp: Optional[bool] = None,
+                   sm_temp: Optional[float] = None, r_temp: Optional[float] = None,
+                   schedule: str = AUTO) -> SamplerSettings:
+    """The generator's own settings with the node's widgets on top (None / 'auto' = keep the generator's)."""
+    settings = with_overrides(SamplerSettings.for_generator(generator), steps=int(steps), budget=int(budget),
+                              cfg_scale=float(cfg), cfg_ramp=cfg_ramp, sm_temp=sm_temp, r_temp=r_temp,
+                              schedule=None if schedule == AUTO else schedule, full_step_rule=full_step_rule,
+                              method=method, seed=int(seed))
+    settings.full_steps = full_steps
     try:
         settings.validate()
     except ShortcutError as err:
         raise ShortcutError(f"{err}. Fix that widget on the node.") from err
-    return settings, warning
+    return settings
 
 
-def budget_problem(steps, budget) -> Optional[str]:
-    """A message when the budget widget is out of range (None for linked values, checked when running)."""
-    if isinstance(steps, int) and isinstance(budget, int) and not 1 <= budget <= steps:
-        return (f"budget {budget} must be between 1 and steps ({steps}): it counts the steps that run the base "
-                f"model. Lower budget or raise steps.")
-    return None
+def preset_widget_values(name: str, generator_defaults: Optional[dict] = None) -> dict:
+    """The widget values a preset sets (what the front end fills in); ``generator defaults`` needs the card's."""
+    if name == PRESET_GENERATOR:
+        values = dict(generator_defaults or {})
+    elif name in PRESETS:
+        values = dict(PRESETS[name][0])
+    else:
+        return {}
+    return {SETTING_WIDGETS[k]: v for k, v in values.items() if k in SETTING_WIDGETS and v is not None}
 
+
+def preset_note(preset: str, generator, shown: dict) -> Optional[str]:
+    """A note when the preset menu names a setting the widgets no longer hold (an API prompt, an edited copy),
+    or a preset made for another model. The widgets always run."""
+    if preset in (None, "", CUSTOM):
+        return None
+    if preset != PRESET_GENERATOR and preset not in PRESETS:
+        raise ShortcutError(f"unknown preset {preset!r}; pick one of: {CUSTOM}, {PRESET_GENERATOR}, "
+                            f"{', '.join(PRESETS)}")
+    wanted = preset_widget_values(preset, dict(generator.default_settings))
+    differ = sorted(k for k, v in wanted.items() if k in shown and shown[k] != v)
+    if differ:
+        return f"the widgets {', '.join(differ)} differ from preset {preset!r}: the widgets ran"
+    return check_preset(preset, generator) if preset in PRESETS else None
+
+
+# --------------------------------------------------------------------------------------------- running
 
 def to_comfy_image(images: torch.Tensor) -> torch.Tensor:
     """Core images [B, 3, H, W] in 0..1 to ComfyUI's IMAGE [B, H, W, C] float32 on the CPU."""
     return images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).contiguous().cpu()
 
 
-def preview_frame(generator, codes: torch.Tensor, masked: torch.Tensor):
-    """A preview of image 0: its current tokens decoded, still-masked tokens greyed out. One small decode."""
+def preview_image(image: torch.Tensor):
+    """ComfyUI's preview tuple for one image [3, H, W] in 0..1, enlarged (nearest) to at least 256 px."""
     from PIL import Image
 
-    image = generator.decode(codes[:1]).float()[0]  # [3, H, W]
-    gh, gw = generator.grid_size
-    mask = masked[:1].view(1, 1, gh, gw).float()
-    mask = torch.nn.functional.interpolate(mask, size=image.shape[-2:], mode="nearest")[0]
-    image = image * (1 - mask) + MASKED_GREY * mask
-    array = (image.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
+    array = (image.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
     pil = Image.fromarray(array)
     scale = max(1, PREVIEW_MIN_SIDE // max(pil.size))
     if scale > 1:
         pil = pil.resize((pil.size[0] * scale, pil.size[1] * scale), Image.NEAREST)
     # ComfyUI fits the preview into (max, max), scaling up too: never above the image's own size.
     return ("JPEG", pil, min(max(pil.size), PREVIEW_MAX_SIDE))
+
+
+def preview_frame(generator, codes: torch.Tensor, masked: torch.Tensor):
+    """A preview of image 0 during sampling: its current tokens decoded, still-masked tokens greyed out."""
+    image = generator.decode(codes[:1]).float()[0]  # [3, H, W]
+    gh, gw = generator.grid_size
+    mask = masked[:1].view(1, 1, gh, gw).float()
+    mask = torch.nn.functional.interpolate(mask, size=image.shape[-2:], mode="nearest")[0]
+    return preview_image(image * (1 - mask) + MASKED_GREY * mask)
 
 
 class StepReporter:
@@ -217,7 +242,6 @@ class StepReporter:
         # Only decode previews when something shows them (ComfyUI's progress hook is set under the server).
         self.preview = preview and getattr(self.bar, "hook", None) is not None
         self.every = max(1, -(-steps_per_run // MAX_PREVIEWS))
-        self.full_flags: list[bool] = []
         self.started = time.perf_counter()
         self.preview_seconds = 0.0
         self.previews = 0
@@ -226,11 +250,10 @@ class StepReporter:
         bridge.check_interrupt()
         if info.index == 0:
             self.runs += 1
-        self.full_flags.append(bool(info.is_full))
         self.done = (self.runs - 1) * self.steps_per_run + info.index + 1
         frame = None
-        finished = not bool(info.masked[:1].any())
-        if self.preview and (finished or (info.index + 1) % self.every == 0) and self._preview_affordable():
+        if self.preview and (info.index + 1) % self.every == 0 and bool(info.masked[:1].any()) \
+                and self._preview_affordable():
             t0 = time.perf_counter()
             frame = preview_frame(self.generator, info.codes, info.masked)
             self.preview_seconds += time.perf_counter() - t0
@@ -241,41 +264,103 @@ class StepReporter:
         sampling = time.perf_counter() - self.started - self.preview_seconds
         return sampling >= PREVIEW_AFTER_SECONDS and self.preview_seconds <= PREVIEW_SHARE * sampling
 
-    def complete(self) -> None:
+    def complete(self, final: Optional[torch.Tensor] = None) -> None:
+        """Fill the bar; with ``final`` (the decoded image 0 [3, H, W]) the finished image is the last preview,
+        so the node never keeps a half-masked frame after a run."""
         self.done = self.total
-        self.bar.update_absolute(self.total, self.total, None)
+        frame = preview_image(final) if self.preview and final is not None else None
+        self.bar.update_absolute(self.total, self.total, frame)
 
 
-def _generator(value) -> bridge.GeneratorHandle:
-    if not isinstance(value, bridge.GeneratorHandle):
-        raise ShortcutError("the 'generator' input must come from a Load Masked Generator node")
+def check_shortcut(shortcut, generator) -> Optional[bridge.ShortcutHandle]:
+    if shortcut is None:
+        return None
+    if not isinstance(shortcut, bridge.ShortcutHandle):
+        raise ShortcutError("the 'shortcut' input must come from a Load Shortcut Weights node")
+    if shortcut.generator_identity != generator.identity:
+        raise ShortcutError(f"shortcut {shortcut.name!r} was checked against generator {shortcut.generator_identity!r}, "
+                            f"but this sampler uses {generator.identity!r}: connect the same generator to Load "
+                            "Shortcut Weights and to this sampler")
+    return shortcut
+
+
+def check_conditioning(value) -> bridge.MaskedConditioning:
+    if not isinstance(value, bridge.MaskedConditioning):
+        raise ShortcutError("the 'conditioning' input must come from a Masked Class Label or Masked Text Prompt node")
     return value
 
 
-# --------------------------------------------------------------------------------------------- sampler node
+def run_sampler(generator, conditioning, shortcut, settings: SamplerSettings, batch_size: int,
+                note: Optional[str] = None) -> io.NodeOutput:
+    """Sample, decode and report: (images, tokens) with what the run measured in the node's ``ui``."""
+    handle = generator_handle(generator)
+    gen = handle.generator
+    conditioning = check_conditioning(conditioning)
+    shortcut = check_shortcut(shortcut, gen)
+    condition = conditioning.condition(gen, int(batch_size))
+    bridge.use_image_size(handle, conditioning.width, conditioning.height)
+    if shortcut is None and settings.method == "shortcut":  # no weights: every step runs the base model (vanilla)
+        settings = replace(settings, budget=settings.steps, full_steps=None,
+                           full_step_rule="official" if settings.full_step_rule == SEARCHED else settings.full_step_rule)
+    weights = shortcut.weights if shortcut is not None and (
+        settings.resolved_budget() < settings.steps or settings.full_step_rule == SEARCHED) else None
+    bridge.load_for_use([handle.patcher, shortcut.patcher if weights is not None else None])
+    check_batch_memory(gen, int(batch_size), settings.cfg_scale != 0, what="batch_size")
+    reporter = StepReporter(gen, settings.steps, settings.steps)
+    result = sample(gen, condition, settings, shortcut=weights, batch_size=int(batch_size), callback=reporter)
+    decoded = gen.decode(result.codes)
+    reporter.complete(decoded[0])
+    tokens = {"codes": result.codes.detach().cpu(), "grid": list(gen.grid_size), "generator": gen.identity,
+              "full_steps": list(result.full_steps), "decode_order": result.decode_order.detach().cpu()
+              if result.decode_order is not None else None}
+    stats = run_stats(settings, result, shortcut_connected=shortcut is not None or settings.method != "shortcut",
+                      fitted_ratio=shortcut.fitted_ratio if shortcut is not None else None, note=note)
+    if shortcut is not None and settings.method == "shortcut" and stats["measured_ratio"] is not None:
+        bridge.record_measured_ratio(shortcut.name, handle.name, stats["measured_ratio"], str(handle.load_device))
+    return io.NodeOutput(to_comfy_image(decoded), tokens, ui={"shortcut_stats": [stats]})
 
-class ShortcutMaskedSampler(io.ComfyNode):
+
+def run_stats(settings: SamplerSettings, result, shortcut_connected: bool, fitted_ratio: Optional[float] = None,
+              note: Optional[str] = None) -> dict:
+    """What the node shows after a run: calls, measured times, the speedup over the estimated vanilla time."""
+    steps, budget, method = settings.steps, settings.resolved_budget(), settings.method
+    ratio = measured_cost_ratio(result)
+    expected = expected_speedup(steps, budget, ratio if ratio is not None else fitted_ratio, method)
+    vanilla = vanilla_seconds(result, steps, method)
+    speedup = vanilla / result.seconds if result.seconds > 0 else 1.0
+    summary = (f"{result.steps_run} of {steps} steps: {result.base_calls} base + {result.shortcut_calls} {method} "
+               f"calls (full steps {result.full_steps}); {result.seconds:.2f} s, {speedup:.2f}x the speed of the "
+               f"vanilla sampler (estimated {vanilla:.2f} s)")
+    if ratio is not None:
+        summary += f"; a {method} call costs {ratio:.3f} of a base call"
+    if not shortcut_connected:
+        summary += "; no shortcut connected: vanilla sampler (budget not used)"
+    if note:
+        summary += f"; note: {note}"
+    return {"steps": steps, "budget": budget, "method": method, "full_steps": list(result.full_steps),
+            "base_calls": result.base_calls, "shortcut_calls": result.shortcut_calls, "steps_run": result.steps_run,
+            "base_call_ms": round(result.base_call_ms, 3), "shortcut_call_ms": round(result.shortcut_call_ms, 3),
+            "seconds": round(result.seconds, 4), "vanilla_seconds": round(vanilla, 4),
+            "speedup": round(speedup, 3), "measured_ratio": ratio, "fitted_ratio": fitted_ratio,
+            "expected_speedup": round(expected, 3) if expected is not None else None,
+            "vanilla": not shortcut_connected or budget == steps, "note": note, "summary": summary}
+
+
+# --------------------------------------------------------------------------------------------- the nodes
+
+class ShortcutSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="MIGMShortcutMaskedSampler",
-            display_name="Shortcut Masked Sampler",
+            node_id="MIGMShortcutSampler",
+            display_name="Shortcut Sampler",
             category=bridge.CATEGORY,
-            description=("Generates images with a masked generator. With shortcut weights, only `budget` of the "
-                         "`steps` steps run the base model; the others run the small shortcut network "
-                         "(MIGM-Shortcut). Without shortcut, or with budget = steps, it is the vanilla sampler. "
-                         "`method` runs a baseline at the same budget instead, for comparison."),
-            inputs=[
-                MaskedGeneratorType.Input("generator"),
-                ShortcutType.Input("shortcut", optional=True,
-                                   tooltip="from Load Shortcut Weights; leave unconnected for the vanilla sampler"),
-                *condition_inputs(),
-                *sampling_inputs(budget=True),
-                *size_inputs(),
-                method_input(),
-            ],
-            outputs=[io.Image.Output(display_name="images"),
-                     TokensType.Output(display_name="tokens")],
+            description=("Draws images with a masked generator. With shortcut weights only `budget` of the `steps` "
+                         "steps run the base model; the others run the small shortcut network (MIGM-Shortcut). "
+                         "Temperatures, token schedule and guidance ramp are the generator's own; the Advanced "
+                         "sampler shows them."),
+            inputs=[*sampler_inputs(), seed_input(), steps_input(), budget_input(), cfg_input(), batch_input()],
+            outputs=[io.Image.Output(display_name="images", tooltip=SAMPLER_OUTPUT_TOOLTIP)],
         )
 
     @classmethod
@@ -283,135 +368,66 @@ class ShortcutMaskedSampler(io.ComfyNode):
         return budget_problem(steps, budget) or True
 
     @classmethod
-    def execute(cls, generator, steps: int, budget: int, cfg: float, cfg_ramp: bool, sm_temp: float, r_temp: float,
-                schedule: str, full_step_rule: str, seed: int, batch_size: int, class_name: str = CYCLE_CLASSES,
-                class_index: int = -1, prompt: str = "", negative_prompt: str = "", shortcut=None,
-                preset: str = PRESET_WIDGETS, width: int = 0, height: int = 0, method: str = "shortcut",
-                **kwargs) -> io.NodeOutput:
-        handle = _generator(generator)
-        gen = handle.generator
-        bridge.use_image_size(handle, width, height)
-        problem = budget_problem(steps, budget)
-        if problem:
-            raise ShortcutError(problem)
-        if shortcut is not None:
-            if not isinstance(shortcut, bridge.ShortcutHandle):
-                raise ShortcutError("the 'shortcut' input must come from a Load Shortcut Weights node")
-            if shortcut.generator_identity != gen.identity:
-                raise ShortcutError(f"shortcut {shortcut.name!r} was checked against generator "
-                                    f"{shortcut.generator_identity!r}, but this sampler uses {gen.identity!r}: "
-                                    "connect the same generator to Load Shortcut Weights and to this sampler")
-        settings, warning = make_settings(gen, steps, int(budget), cfg, cfg_ramp, sm_temp, r_temp, schedule,
-                                          full_step_rule, seed, preset)
-        if method not in METHODS:
-            raise ShortcutError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-        settings.method = method
-        if shortcut is None and method == "shortcut":  # no weights: every step runs the base model (vanilla)
-            settings.budget = settings.steps
-        condition = make_condition(gen, int(batch_size), class_name, class_index, prompt, negative_prompt)
-        weights = shortcut.weights if shortcut is not None and (
-            settings.resolved_budget() < settings.steps or settings.full_step_rule == SEARCHED) else None
-        bridge.load_for_use([handle.patcher, shortcut.patcher if weights is not None else None])
-        reporter = StepReporter(gen, settings.steps, settings.steps)
-        result = sample(gen, condition, settings, shortcut=weights, batch_size=int(batch_size), callback=reporter)
-        reporter.complete()
-        images = to_comfy_image(gen.decode(result.codes))
-        tokens = {"codes": result.codes.detach().cpu(), "grid": list(gen.grid_size), "generator": gen.identity,
-                  "full_steps": list(result.full_steps), "decode_order": result.decode_order.detach().cpu()
-                  if result.decode_order is not None else None}
-        stats = run_stats(settings, result, shortcut_connected=shortcut is not None or method != "shortcut")
-        if warning:
-            stats["summary"] += f"; note: {warning}"
-        return io.NodeOutput(images, tokens, ui={"shortcut_stats": [stats], "text": [stats["summary"]]})
+    def execute(cls, generator, conditioning, seed: int, steps: int, budget: int, cfg: float, batch_size: int,
+                shortcut=None, **kwargs) -> io.NodeOutput:
+        gen = generator_handle(generator).generator
+        check_budget(steps, budget)
+        shortcut_handle = check_shortcut(shortcut, gen)
+        settings = build_settings(gen, steps, budget, cfg, seed, full_step_rule_for(AUTO, shortcut_handle, steps))
+        output = run_sampler(generator, conditioning, shortcut, settings, batch_size)
+        return io.NodeOutput(output.args[0], ui=output.ui)
 
 
-def run_stats(settings: SamplerSettings, result, shortcut_connected: bool) -> dict:
-    steps, budget, method = settings.steps, settings.resolved_budget(), settings.method
-    ratio = (result.shortcut_call_ms / result.base_call_ms
-             if result.shortcut_calls and result.base_calls and result.base_call_ms > 0 else None)
-    cost = ratio if ratio is not None else ASSUMED_SHORTCUT_COST
-    expected = expected_speedup(steps, budget, 0 if method == "fewer_steps" else steps - budget, cost)
-    summary = (f"{result.steps_run} of {steps} steps, {result.base_calls} base + {result.shortcut_calls} {method} "
-               f"calls (full steps {result.full_steps}); {result.seconds:.2f} s")
-    if ratio is not None:
-        summary += f"; {method} call = {ratio:.3f} of a base call, speedup {expected:.2f}x"
-    elif method == "fewer_steps" and budget < steps:
-        summary += f"; vanilla with {budget} steps, speedup {expected:.2f}x"
-    if not shortcut_connected:
-        summary += "; no shortcut connected: vanilla sampler (budget ignored)"
-    return {"steps": steps, "budget": budget, "method": method, "full_steps": list(result.full_steps),
-            "base_calls": result.base_calls, "shortcut_calls": result.shortcut_calls,
-            "base_call_ms": round(result.base_call_ms, 3), "shortcut_call_ms": round(result.shortcut_call_ms, 3),
-            "seconds": round(result.seconds, 4), "measured_ratio": ratio, "expected_speedup": round(expected, 3),
-            "vanilla": not shortcut_connected or budget == steps, "summary": summary}
-
-
-# --------------------------------------------------------------------------------------------- recorder node
-
-class TrajectoryRecorderNode(io.ComfyNode):
+class ShortcutSamplerAdvanced(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="MIGMTrajectoryRecorder",
-            display_name="Trajectory Recorder",
+            node_id="MIGMShortcutSamplerAdvanced",
+            display_name="Shortcut Sampler (Advanced)",
             category=bridge.CATEGORY,
-            description=("Runs the sampler with every step full and records each step's features into a dataset "
-                         "folder under ComfyUI's output directory (training data for shortcut weights). "
-                         "Re-running resumes: batches already recorded are skipped."),
-            inputs=[
-                MaskedGeneratorType.Input("generator"),
-                io.String.Input("dataset_name", default="migm_trajectories",
-                                tooltip="folder name under ComfyUI/output (letters, digits, _ . -)"),
-                io.Int.Input("batches", default=2, min=1, max=100_000,
-                             tooltip="how many batches the dataset should hold in total; batch i uses seed + i"),
-                io.Combo.Input("storage", options=list(STORAGE_DTYPES), default="fp16",
-                               tooltip="precision of the stored features"),
-                *condition_inputs(),
-                *sampling_inputs(budget=False),
-            ],
-            outputs=[io.String.Output(display_name="summary")],
-            is_output_node=True,
+            description=("The Shortcut Sampler with every setting on the node: temperatures, token schedule, "
+                         "guidance ramp, which steps run the base model (rule or explicit list), and the method on "
+                         "the other steps (the shortcut or a training-free baseline). The preset menu fills the "
+                         "widgets; only the widgets run."),
+            inputs=[*sampler_inputs(), preset_input(), seed_input(), steps_input(), budget_input(),
+                    *full_step_inputs(), method_input(), cfg_input(), *temperature_inputs(), batch_input()],
+            outputs=[io.Image.Output(display_name="images", tooltip=SAMPLER_OUTPUT_TOOLTIP),
+                     TokensType.Output(display_name="tokens",
+                                       tooltip="the final token grid, the step each token was decoded at, and the "
+                                               "full steps (for inspecting a run)")],
         )
 
     @classmethod
-    def fingerprint_inputs(cls, dataset_name="", **kwargs):
-        # Re-run (instead of reusing the cached report) when the folder changed on disk.
-        try:
-            return f"{dataset_name}|{dataset_summary(bridge.output_directory() / str(dataset_name).strip())}"
-        except Exception:  # noqa: BLE001 - a fingerprint must never fail the prompt
-            return dataset_name
+    def validate_inputs(cls, steps=None, budget=None):
+        return budget_problem(steps, budget) or True
 
     @classmethod
-    def execute(cls, generator, dataset_name: str, batches: int, storage: str, steps: int, cfg: float,
-                cfg_ramp: bool, sm_temp: float, r_temp: float, schedule: str, seed: int, batch_size: int,
-                class_name: str = CYCLE_CLASSES, class_index: int = -1, prompt: str = "", negative_prompt: str = "",
-                preset: str = PRESET_WIDGETS, **kwargs) -> io.NodeOutput:
-        handle = _generator(generator)
-        gen = handle.generator
-        bridge.use_image_size(handle)  # recordings (and the shortcuts fitted on them) use the generator's own size
-        name = (dataset_name or "").strip()
-        if not _DATASET_NAME.match(name) or ".." in name:
-            raise ShortcutError(f"dataset_name {dataset_name!r} must be a plain folder name (letters, digits, "
-                                "'_', '.', '-'; no slashes): it is created under ComfyUI's output directory")
-        if storage not in STORAGE_DTYPES:
-            raise ShortcutError(f"storage must be one of {', '.join(STORAGE_DTYPES)}, got {storage!r}")
-        folder = bridge.output_directory() / name
-        settings, _ = make_settings(gen, steps, None, cfg, cfg_ramp, sm_temp, r_temp, schedule, "official", seed,
-                                    preset)
-        batch = int(batch_size)
-        conditions = [make_condition(gen, batch, class_name, class_index, prompt, negative_prompt, offset=i * batch)
-                      for i in range(int(batches))]
-        bridge.load_for_use([handle.patcher])
-        before = dataset_summary(folder)
-        reporter = StepReporter(gen, settings.steps * len(conditions), settings.steps, preview=False)
-        started = time.perf_counter()
-        record(gen, folder, conditions, settings, storage=storage, callback=reporter)
-        reporter.complete()
-        summary = dataset_summary(folder)
-        added = summary["trajectories"] - before["trajectories"]
-        text = (f"{folder.name}: {summary['trajectories']} trajectories, {summary['bytes']} bytes "
-                f"({summary['bytes'] / 2**20:.1f} MiB) in {summary['shards']} shards; {added} added this run in "
-                f"{time.perf_counter() - started:.1f} s")
-        info = {"folder": str(folder), "name": folder.name, "added": added, **summary}
-        return io.NodeOutput(text, ui={"text": [text], "dataset": [info]})
+    def execute(cls, generator, conditioning, preset: str, seed: int, steps: int, budget: int, full_step_rule: str,
+                full_steps: str, method: str, cfg: float, cfg_ramp: bool, sm_temp: float, r_temp: float,
+                schedule: str, batch_size: int, shortcut=None, **kwargs) -> io.NodeOutput:
+        gen = generator_handle(generator).generator
+        check_budget(steps, budget)
+        if method not in METHODS:
+            raise ShortcutError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        shortcut_handle = check_shortcut(shortcut, gen)
+        settings = build_settings(gen, steps, budget, cfg, seed, full_step_rule_for(full_step_rule, shortcut_handle,
+                                                                                   steps),
+                                  parse_full_steps(full_steps), method, cfg_ramp, sm_temp, r_temp, schedule)
+        shown = {"steps": steps, "budget": budget, "cfg": cfg, "cfg_ramp": cfg_ramp, "sm_temp": sm_temp,
+                 "r_temp": r_temp, "schedule": schedule, "full_step_rule": full_step_rule}
+        note = preset_note(preset, gen, shown)
+        return run_sampler(generator, conditioning, shortcut, settings, batch_size, note)
 
+
+def budget_problem(steps, budget) -> Optional[str]:
+    """A message when the budget widget is out of range (None for linked values, checked when running)."""
+    if isinstance(steps, int) and isinstance(budget, int) and not 1 <= budget <= steps:
+        return (f"budget {budget} must be between 1 and steps ({steps}): it counts the steps that run the base "
+                f"model. Lower budget or raise steps.")
+    return None
+
+
+def check_budget(steps, budget) -> None:
+    problem = budget_problem(int(steps), int(budget))
+    if problem:
+        raise ShortcutError(problem)

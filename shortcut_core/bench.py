@@ -34,9 +34,13 @@ from typing import Optional
 import torch
 
 from .generator import Condition, MaskedGenerator, ShortcutError, take_positions
+from .outputs import atomic_write, check_output_folder, write_text
 from .registry import ASSETS, load_generator, shortcut_path
 from .sampler import SamplerSettings, sample
-from .schedules import SEARCHED, expected_speedup
+from .schedules import SEARCHED
+from .speed import expected_speedup
+from .validation import (arg_device, arg_int_list, arg_seed, check_batch_memory, check_seed, non_negative_int,
+                         positive_int)
 from .weights import ShortcutWeights, load_shortcut
 
 log = logging.getLogger(__name__)
@@ -134,11 +138,13 @@ def measure(args) -> dict:
     generator = load_generator(args.generator, device=args.device)
     base = SamplerSettings.for_generator(generator)
     base.steps, base.seed = args.steps, args.seed
+    check_batch_memory(generator, max(args.batch, args.quality_batch), base.cfg_scale != 0,
+                       what="--batch / --quality-batch")
     ablation = args.ablation_shortcut
     if ablation is None and args.generator == "demo" and DEMO_ABLATION.exists():
         ablation = str(DEMO_ABLATION)
     variants = build_variants(generator, args.shortcut, ablation, args.variants.split(","), args.steps)
-    budgets = [int(b) for b in args.budgets.split(",")]
+    budgets = list(args.budgets)
     vanilla = Config(Variant("vanilla", "shortcut", label=f"vanilla N={args.steps}"), args.steps)
     configs = [vanilla] + [Config(v, b) for v in variants for b in budgets]
     guidance = base.cfg_scale != 0
@@ -182,7 +188,7 @@ def measure(args) -> dict:
         predicted_ms = statistics.median(calls[config.key]["predicted"])
         predicted_steps = result.shortcut_calls
         cost = predicted_ms / base_ms if base_ms and predicted_steps else 0.0
-        bound = expected_speedup(args.steps, config.budget, predicted_steps, cost)
+        bound = expected_speedup(args.steps, config.budget, cost, config.variant.method)
         speedup = vanilla_seconds / seconds
         row = {"variant": config.variant.name, "label": config.variant.label, "method": config.variant.method,
                "full_step_rule": config.variant.full_step_rule, "steps": args.steps, "budget": config.budget,
@@ -262,7 +268,7 @@ def pareto_plot(report: dict, path: Path, quality_key: str = "fid") -> bool:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return True
 
@@ -275,31 +281,44 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--ablation-shortcut", default=None,
                    help="weights fitted without cross-attention (default for the demo: the embedded ablation)")
     p.add_argument("--variants", default="shortcut,shortcut_searched,shortcut_no_cross,fewer_steps,reuse,taylor1,taylor2")
-    p.add_argument("--steps", type=int, default=16)
-    p.add_argument("--budgets", default="3,4,6,8")
-    p.add_argument("--images", type=int, default=500, help="images per variant and budget for the quality figures")
-    p.add_argument("--batch", type=int, default=8, help="images per timed run")
-    p.add_argument("--quality-batch", type=int, default=50, help="images per run for the quality figures")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--steps", type=positive_int, default=16)
+    p.add_argument("--budgets", type=arg_int_list(1), default=[3, 4, 6, 8], help="comma-separated budgets B")
+    p.add_argument("--images", type=positive_int, default=500,
+                   help="images per variant and budget for the quality figures")
+    p.add_argument("--batch", type=positive_int, default=8, help="images per timed run")
+    p.add_argument("--quality-batch", type=positive_int, default=50, help="images per run for the quality figures")
+    p.add_argument("--repeats", type=positive_int, default=5)
+    p.add_argument("--warmup", type=non_negative_int, default=1)
+    p.add_argument("--seed", type=arg_seed, default=0)
+    p.add_argument("--device", type=arg_device, default="auto")
     p.add_argument("--out", default="runs/bench", help="folder for results.json, table.md, pareto.png")
+    p.add_argument("--force", action="store_true", help="replace the results a previous run left in --out")
     p.set_defaults(func=run_bench)
 
 
+OUTPUT_FILES = ("results.json", "table.md", "pareto.png")
+VARIANTS = ("shortcut", "shortcut_searched", "shortcut_no_cross", "fewer_steps", "reuse", "taylor1", "taylor2")
+
+
+def check_bench_args(args) -> Path:
+    """Everything the sweep needs, checked before a model is loaded; returns the output folder."""
+    bad = [b for b in args.budgets if not 1 <= b <= args.steps]
+    if bad:
+        raise ShortcutError(f"--budgets must lie in 1..steps ({args.steps}), got {bad[0]} in "
+                            f"{','.join(map(str, args.budgets))}: lower it or raise --steps")
+    for name in args.variants.split(","):
+        if name not in VARIANTS:
+            raise ShortcutError(f"--variants: unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+    check_seed("--seed", args.seed, offsets=(args.images + args.quality_batch - 1) // args.quality_batch)
+    return check_output_folder(args.out, OUTPUT_FILES, force=args.force)
+
+
 def run_bench(args) -> int:
-    if any(not 1 <= int(b) <= args.steps for b in args.budgets.split(",")):
-        raise ShortcutError(f"--budgets must lie in 1..steps ({args.steps}), got {args.budgets}")
-    for name in ("images", "batch", "quality_batch", "repeats"):
-        if getattr(args, name) < 1:
-            raise ShortcutError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    out = check_bench_args(args)
     report = measure(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(report, indent=1))
+    write_text(out / "results.json", json.dumps(report, indent=1))
     table = markdown_table(report)
-    (out / "table.md").write_text(table)
+    write_text(out / "table.md", table)
     plotted = pareto_plot(report, out / "pareto.png")
     print(table)
     print(f"wrote {out / 'results.json'}, {out / 'table.md'}" + (f", {out / 'pareto.png'}" if plotted else ""))

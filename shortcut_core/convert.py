@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Optional
 
 from .generator import ShortcutError
+from .outputs import check_output_file
+from .validation import positive_int
 
 KINDS = ("auto", "transformer", "vqgan", "shortcut", "generator")
 
@@ -38,12 +40,9 @@ def convert(src: Path, dst: Path, kind: str = "auto", heads: Optional[int] = Non
         raise ShortcutError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if not src.exists():
         raise ShortcutError(f"{src}: not found")
-    if dst.suffix != ".safetensors":
-        raise ShortcutError(f"{dst}: the destination must end in .safetensors")
-    if dst.exists() and not overwrite:
-        raise ShortcutError(f"{dst} exists; pass --force to overwrite it")
     if dst.exists() and src.is_file() and dst.resolve() == src.resolve():
         raise ShortcutError(f"{dst}: the destination is the source file")
+    check_output_file(dst, force=overwrite, suffixes=(".safetensors",), flag="DST")
     if src.is_file() and src.suffix == ".safetensors" and kind == "auto":
         raise ShortcutError(f"{src}: already safetensors, nothing to convert")
 
@@ -119,9 +118,9 @@ def add_convert_parser(sub) -> None:
     p.add_argument("--kind", choices=KINDS, default="auto",
                    help="what SRC is (default: recognised from its keys; 'generator' = transformer + its VQGAN "
                         "in one file)")
-    p.add_argument("--heads", type=int, default=None,
+    p.add_argument("--heads", type=positive_int, default=None,
                    help="attention heads of the transformer or shortcut (default 16, as the released weights)")
-    p.add_argument("--codebook-size", type=int, default=None,
+    p.add_argument("--codebook-size", type=positive_int, default=None,
                    help="VQGAN codebook size to record with a transformer (default: decided by the VQGAN at load)")
     p.add_argument("--vq-config", default=None, help="taming model.yaml of a VQGAN (default: model.yaml beside it)")
     p.add_argument("--decoder-only", action="store_true", help="drop the VQGAN encoder (not needed for sampling)")

@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from .generator import ShortcutError
+from .validation import check_device
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODEL_DTYPES = {"auto": None, **DTYPES}  # weights; auto = bf16 on GPUs that support it, else fp32
@@ -26,12 +27,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise ShortcutError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from err
+    return check_device(name)
 
 
 def resolve_amp(mode: str, device: torch.device) -> Optional[torch.dtype]:

@@ -19,7 +19,6 @@ import pickle
 import re
 import shutil
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -28,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from .generator import ShortcutError
+from .outputs import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -36,24 +36,6 @@ PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 
 # ------------------------------------------------------------------------------------------------------------
 # writing
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename into place, so a killed process never leaves a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -348,14 +330,13 @@ def available_ram() -> Optional[int]:
 
 
 def available_bytes(device: torch.device) -> Optional[int]:
-    """Free memory on ``device``: CUDA free memory, or available RAM for the CPU; None when unknown."""
+    """Free bytes where tensors of ``device`` live: on a GPU what the driver has free plus what torch's caching
+    allocator holds unused; else the RAM available (None when unknown)."""
     device = torch.device(device)
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    if device.type == "cpu":
-        return available_ram()
-    return None
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0]) + int(cached)
+    return available_ram()
 
 
 def check_memory(required: int, device: torch.device, what: str = "the model", available: Optional[int] = None) -> None:

@@ -52,6 +52,16 @@ def per_row(default: Any = None):
     return field(default=default, metadata={"per_row": True})
 
 
+@dataclass(frozen=True)
+class GeneratorCard:
+    """What a generator file or folder says about itself, read without loading any weights: enough for menus
+    (which files are generators, which classes one draws, its own sampler settings) before anything runs."""
+
+    condition_kind: str  # "class" or "text"
+    class_names: tuple[str, ...] = ()
+    default_settings: dict = field(default_factory=dict)
+
+
 @dataclass
 class Context:
     """Per-run state a backend builds once in ``prepare`` and reads at every step.
@@ -257,24 +267,6 @@ class MaskedGenerator(nn.Module, ABC):
             "grid": list(self.grid_size),
             "shortcut_arch": self.shortcut_arch,
         }
-
-
-def class_label(generator: MaskedGenerator, item: str) -> int:
-    """A class given as a number or as one of the generator's class names (any case)."""
-    item = str(item).strip()
-    if item.lstrip("-").isdigit():
-        return int(item)
-    names = {str(n).lower(): i for i, n in enumerate(generator.class_names)}
-    if item.lower() in names:
-        return names[item.lower()]
-    shown = ", ".join(map(str, list(generator.class_names)[:30]))
-    raise ShortcutError(f"class {item!r} is not a class of generator {generator.identity!r}; its classes are: "
-                        f"{shown}{' ...' if len(generator.class_names) > 30 else ''}")
-
-
-def parse_class_labels(generator: MaskedGenerator, text: str) -> list[int]:
-    """Comma-separated class numbers or names, e.g. '3', '1,4,7' or 'circle, star'."""
-    return [class_label(generator, item) for item in str(text).split(",")]
 
 
 def take_positions(feature: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

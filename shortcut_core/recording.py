@@ -20,6 +20,7 @@ At scale:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -36,8 +37,9 @@ from safetensors.torch import safe_open
 
 from .dtypes import STORAGE_DTYPES
 from .files import free_disk_bytes, human_bytes, read_json, save_safetensors, write_json
-from .generator import Condition, MaskedGenerator, ShortcutError, parse_class_labels
+from .generator import Condition, MaskedGenerator, ShortcutError
 from .sampler import SampleResult, SamplerSettings, StepInfo, sample
+from .validation import check_seed, parse_class_labels
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,6 @@ class TrajectoryRecorder:
             yield tensors, info
 
 
-
 # ------------------------------------------------------------------------------------------------------------
 # conditions
 
@@ -119,6 +120,11 @@ class ConditionSchedule(Sequence):
             for label in self.labels:
                 if not 0 <= int(label) < classes:
                     raise ShortcutError(f"class label {label} is out of range: allowed 0..{classes - 1}")
+
+    def fingerprint(self) -> str:
+        """Changes when the cycled labels or prompts change (recorded, so a resume cannot mix two datasets)."""
+        cycled = self.prompts + [self.negatives] if self.kind == "text" else self.labels
+        return hashlib.sha1(json.dumps(cycled).encode("utf-8")).hexdigest()[:16]
 
     def __len__(self) -> int:
         if self.count is None:
@@ -180,12 +186,19 @@ def condition_schedule(generator: MaskedGenerator, count: Optional[int], batch: 
                        negative_prompt: Optional[str] = None) -> ConditionSchedule:
     """The schedule the command-line scripts cycle: ``classes`` as comma-separated labels, prompts given one by one
     and from a file (its own negative prompts, else ``negative_prompt``)."""
+    if generator.condition_kind == "text" and classes is not None:
+        raise ShortcutError(f"--classes {classes!r}: generator {generator.identity!r} is text-to-image; give "
+                            "--prompt or --prompts FILE instead")
+    if generator.condition_kind != "text" and (prompts or prompt_file or negative_prompt):
+        given = (prompts or [prompt_file or negative_prompt])[0]
+        raise ShortcutError(f"prompt {given!r}: generator {generator.identity!r} is class-conditional and ignores "
+                            "prompts; drop --prompt/--prompts/--negative-prompt and choose --classes")
     texts, negatives = list(prompts or []), [negative_prompt] * len(prompts or [])
     if prompt_file:
         file_prompts, file_negatives = read_prompt_file(Path(prompt_file))
         texts += file_prompts
         negatives += [n or negative_prompt for n in file_negatives]
-    labels = parse_class_labels(generator, classes) if classes else None
+    labels = parse_class_labels(classes, generator.class_names, generator.num_classes)
     return ConditionSchedule(generator, count, batch, labels=labels, prompts=texts or None,
                              negative_prompts=negatives if any(negatives) else None)
 
@@ -256,27 +269,42 @@ def _write_index(folder: Path, index: dict, rank: int = 0) -> None:
     write_json(index_path(folder, rank), index)
 
 
-def _recorded_settings(settings: SamplerSettings) -> dict:
-    return {"steps": settings.steps, "schedule": settings.schedule, "cfg_scale": settings.cfg_scale,
-            "cfg_ramp": settings.cfg_ramp, "sm_temp": settings.sm_temp, "r_temp": settings.r_temp}
+def _recorded_settings(settings: SamplerSettings, conditions=None) -> dict:
+    """Every setting that changes the recorded data (with the generator and the storage dtype): a resume with
+    other values is refused instead of mixing two datasets in one folder."""
+    recorded = {"steps": settings.steps, "schedule": settings.schedule, "cfg_scale": settings.cfg_scale,
+                "cfg_ramp": settings.cfg_ramp, "sm_temp": settings.sm_temp, "r_temp": settings.r_temp,
+                "confidence": settings.confidence, "autocast": settings.autocast, "seed": settings.seed}
+    if isinstance(conditions, ConditionSchedule):
+        recorded.update(batch=conditions.batch, conditions=conditions.fingerprint())
+    return recorded
+
+
+def _settings_differences(folder: Path, before: dict, now: dict) -> None:
+    """Refuse ``now`` when a setting an earlier run recorded differs (settings it did not record are not
+    compared: datasets from older versions resume as before)."""
+    changed = [key for key in now if key in before and before[key] != now[key]]
+    if changed:
+        was = ", ".join(f"{key} {before[key]!r}" for key in changed)
+        asked = ", ".join(f"{key} {now[key]!r}" for key in changed)
+        raise ShortcutError(f"{folder} was recorded with settings {was}, but this run asks for {asked}: record into another "
+                            "folder, or resume with the same settings")
 
 
 def open_dataset(folder: Path, generator: MaskedGenerator, settings: SamplerSettings, storage: str,
-                 rank: int = 0) -> dict:
+                 rank: int = 0, conditions=None) -> dict:
     """Create or reopen a dataset folder for writer ``rank``; refuse one recorded with another generator or other
     settings. Returns this rank's own index (the one it rewrites)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     described = generator.describe()
-    recorded = _recorded_settings(settings)
+    recorded = _recorded_settings(settings, conditions)
     merged = load_index(folder)
     if merged is not None:
         if merged["generator"].get("generator") != described["generator"]:
             raise ShortcutError(f"{folder} holds trajectories of generator {merged['generator'].get('generator')!r}, "
                                 f"not {described['generator']!r}: record into another folder")
-        if merged["settings"] != recorded:
-            raise ShortcutError(f"{folder} was recorded with settings {merged['settings']}, not {recorded}: "
-                                "record into another folder or use the same settings")
+        _settings_differences(folder, merged["settings"], recorded)
         if merged["storage"] != storage:
             raise ShortcutError(f"{folder} stores features as {merged['storage']}, not {storage}: record into "
                                 "another folder or use the same --storage")
@@ -388,11 +416,7 @@ def estimate_recording(generator: MaskedGenerator, conditions: Sequence[Conditio
     per = trajectory_bytes(settings.steps, sequence, generator.feature_dim, generator.num_tokens, storage)
     trajectories = 0
     for i in batches:
-        if isinstance(conditions, ConditionSchedule):
-            size = conditions.size(i)
-        else:
-            size = conditions[i].size
-        trajectories += size * branches
+        trajectories += _condition_size(conditions, i) * branches
     return {"batches": len(batches), "trajectories": trajectories, "bytes": trajectories * per,
             "bytes_per_trajectory": per, "sequence": sequence}
 
@@ -423,6 +447,31 @@ def _set_aside(path: Path) -> Path:
     return target
 
 
+def _condition_size(conditions: Sequence[Condition], i: int) -> int:
+    return conditions.size(i) if isinstance(conditions, ConditionSchedule) else conditions[i].size
+
+
+def _check_recorded_sizes(folder: Path, shards: list, conditions: Sequence[Condition], branches: int) -> None:
+    """A recorded batch must hold the trajectories this run would record for it (another --count changes the
+    size of the last batch)."""
+    for entry in shards:
+        i = shard_batch_index(entry)
+        if 0 <= i < len(conditions) and int(entry["trajectories"]) != _condition_size(conditions, i) * branches:
+            raise ShortcutError(f"{folder}: batch {i} ({entry['file']}) holds {entry['trajectories']} trajectories, "
+                                f"but this run would record {_condition_size(conditions, i) * branches} for it (was "
+                                "--count changed?): record into another folder, or resume with the same --count")
+
+
+def check_finite_features(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse recorded features holding NaN or inf (overflow of the storage dtype included), naming the step."""
+    for key, value in tensors.items():
+        if key.endswith(".features") and not bool(torch.isfinite(value).all()):
+            steps = (~torch.isfinite(value)).flatten(1).any(dim=1).nonzero().flatten().tolist()
+            raise ShortcutError(f"{where}: trajectory {key.split('.')[0]} has NaN or infinite features at step(s) "
+                                f"{steps[:8]}; nothing was written. The base model overflowed: record with "
+                                "--dtype fp32, or --storage bf16/fp32 when fp16 storage overflows (|x| > 65504)")
+
+
 def record(generator: MaskedGenerator, folder: Path, conditions: Sequence[Condition], settings: SamplerSettings,
            storage: str = "fp16", rank: int = 0, callback=None, world_size: int = 1, check_disk: bool = True,
            verify: bool = False, announce: Optional[Callable[[str], None]] = None) -> dict:
@@ -435,13 +484,17 @@ def record(generator: MaskedGenerator, folder: Path, conditions: Sequence[Condit
         raise ShortcutError(f"rank must be in 0..world_size-1, got rank {rank} of {world_size}")
     say = announce or log.info
     settings = SamplerSettings(**{**asdict(settings), "budget": None, "full_steps": None})
+    settings.validate()
+    check_seed("seed", settings.seed, offsets=len(conditions) - 1)  # batch i is sampled with seed + i
     folder.mkdir(parents=True, exist_ok=True)
     with _RankLock(folder, rank):
         _cleanup_temporaries(folder, rank)
-        index = open_dataset(folder, generator, settings, storage, rank)
+        index = open_dataset(folder, generator, settings, storage, rank, conditions)
         _repair_shards(folder, index, rank, verify, say)
-        done = {shard_batch_index(e) for e in load_index(folder)["shards"]}
+        merged = load_index(folder)
+        done = {shard_batch_index(e) for e in merged["shards"]}
         total = len(conditions)
+        _check_recorded_sizes(folder, merged["shards"], conditions, 2 if settings.cfg_scale != 0 else 1)
         todo = [i for i in range(total) if i % world_size == rank and i not in done]
         plan = estimate_recording(generator, conditions, settings, storage, [i for i in range(total) if i not in done])
         free = free_disk_bytes(folder)
@@ -517,6 +570,7 @@ def _record_batch(generator: MaskedGenerator, folder: Path, condition: Condition
         tensors.update({f"{j}.{key}": value for key, value in item_tensors.items()})
         items.append(info)
     del result
+    check_finite_features(tensors, f"batch {batch_index} (seed {seed})")
     save_safetensors(folder / name, tensors, {"format": TRAJECTORY_FORMAT, "items": items})
     del tensors
     return _shard_entry(folder, name, batch_index, len(items))
@@ -615,6 +669,11 @@ class TrajectoryDataset:
 
     def info(self, i: int) -> dict:
         return self.entries[i][2]
+
+    def describe(self, i: int) -> str:
+        """Where trajectory i is stored, for messages: shard file and position in it."""
+        file, j, _ = self.entries[i]
+        return f"shard {self.folder / file} (trajectory {j})"
 
     def close(self) -> None:
         self._handles.clear()

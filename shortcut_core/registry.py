@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Optional
 
 import torch
 
-from .generator import MaskedGenerator, ShortcutError
-from .backends import PATH_LOADERS
+from .generator import GeneratorCard, MaskedGenerator, ShortcutError
+from .backends import PATH_DESCRIBERS, PATH_LOADERS
 from .dtypes import resolve_device, resolve_dtype
 from .files import load_tensors, read_metadata, save_safetensors
+from .validation import check_finite_tensors
 from .weights import GENERATOR_FORMAT
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,34 @@ def _backend_from_metadata(tensors: dict, metadata: dict) -> MaskedGenerator:
     raise ShortcutError(f"unknown generator backend {backend!r} in this file; known: maskgit")
 
 
+def describe_generator(name: str | Path) -> Optional[GeneratorCard]:
+    """What a generator says about itself without loading weights, or None when ``name`` (a built-in name, a file
+    or a folder) is not something ``load_generator`` can load as a generator (a VQ decoder, shortcut weights, a
+    README). A file that cannot be read at all counts as not a generator."""
+    path = BUILTIN_GENERATORS.get(str(name)) or Path(name).expanduser()
+    if not path.exists():
+        return None
+    try:
+        if path.is_file() and path.suffix == ".safetensors":
+            metadata = read_metadata(path)
+            if metadata.get("format") == GENERATOR_FORMAT:
+                return _card_from_metadata(metadata)
+        for describe in PATH_DESCRIBERS:
+            card = describe(path)
+            if card is not None:
+                return card
+    except (ShortcutError, OSError, KeyError, StopIteration) as err:
+        log.debug("%s: not described as a generator (%s)", path, err)
+    return None
+
+
+def _card_from_metadata(metadata: dict) -> GeneratorCard:
+    names = metadata.get("class_names") or []
+    if not names:
+        names = [str(i) for i in range(int(metadata.get("maskgit_config", {}).get("nclass", 0)))]
+    return GeneratorCard("class", tuple(str(n) for n in names), dict(metadata.get("default_settings") or {}))
+
+
 def save_generator(path: Path, generator: MaskedGenerator) -> None:
     """Our generator format: safetensors with the backend, identity and configs in the metadata."""
     from .backends import maskgit
@@ -44,7 +74,7 @@ def load_generator(name: str, device: str | torch.device = "auto", dtype: str = 
 
     The VQ decoder stays in float32 whatever ``dtype`` is, as the reference pipelines keep it.
     """
-    device = resolve_device(device) if isinstance(device, str) else device
+    device = resolve_device(str(device))
     torch_dtype = resolve_dtype(dtype, device)
     path = BUILTIN_GENERATORS.get(name)
     if path is not None and not path.exists():
@@ -66,6 +96,7 @@ def load_generator(name: str, device: str | torch.device = "auto", dtype: str = 
     if generator is None:
         raise ShortcutError(f"{path}: not a generator this pack can load (expected a {GENERATOR_FORMAT!r} "
                             "safetensors file, an official checkpoint or a model folder of a supported backend)")
+    check_finite_tensors(generator.state_dict().items(), f"generator {path}")
     generator.eval().requires_grad_(False)
     generator.to(device=device)
     generator.cast(torch_dtype)

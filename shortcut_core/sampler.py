@@ -24,6 +24,7 @@ import torch
 from .dtypes import AUTOCAST_DTYPES
 from .generator import Condition, MaskedGenerator, ShortcutError
 from .predictors import METHODS, make_predictor
+from .validation import check_choice, check_number, check_sample_inputs, check_seed
 from .schedules import (FULL_STEP_RULES, SEARCHED, TOKEN_SCHEDULES, check_steps_budget, full_steps, searched_full_steps,
                         tokens_per_step)
 from .weights import ShortcutWeights
@@ -71,24 +72,19 @@ class SamplerSettings:
         return full_steps(self.steps, self.resolved_budget(), self.full_step_rule, self.full_steps)
 
     def validate(self) -> None:
+        """Refuse settings no run can use, naming the field, what is allowed and the value (NaN and inf too)."""
         check_steps_budget(self.steps, self.resolved_budget())
         if self.full_steps is None and self.full_step_rule not in FULL_STEP_RULES + (SEARCHED,):
-            raise ShortcutError(f"full_step_rule must be one of {', '.join(FULL_STEP_RULES + (SEARCHED,))}, "
-                                f"got {self.full_step_rule!r}")
-        if self.method not in METHODS:
-            raise ShortcutError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.schedule not in TOKEN_SCHEDULES:
-            raise ShortcutError(f"schedule must be one of {', '.join(TOKEN_SCHEDULES)}, got {self.schedule!r}")
-        if self.cfg_scale < 0:
-            raise ShortcutError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
-        if self.sm_temp <= 0:
-            raise ShortcutError(f"sm_temp must be > 0, got {self.sm_temp}")
-        if self.r_temp < 0 or self.r_temp_end < 0:
-            raise ShortcutError(f"r_temp and r_temp_end must be >= 0, got {self.r_temp} and {self.r_temp_end}")
-        if self.confidence not in CONFIDENCE_MODES:
-            raise ShortcutError(f"confidence must be one of {', '.join(CONFIDENCE_MODES)}, got {self.confidence!r}")
-        if self.autocast not in AUTOCAST_DTYPES:
-            raise ShortcutError(f"autocast must be one of {', '.join(AUTOCAST_DTYPES)}, got {self.autocast!r}")
+            check_choice("full_step_rule", self.full_step_rule, FULL_STEP_RULES + (SEARCHED,))
+        check_choice("method", self.method, METHODS)
+        check_choice("schedule", self.schedule, TOKEN_SCHEDULES)
+        check_number("cfg_scale", self.cfg_scale, 0, hint="0 turns guidance off")
+        check_number("sm_temp", self.sm_temp, 0, low_open=True)
+        check_number("r_temp", self.r_temp, 0)
+        check_number("r_temp_end", self.r_temp_end, 0)
+        check_seed("seed", self.seed)
+        check_choice("confidence", self.confidence, CONFIDENCE_MODES)
+        check_choice("autocast", self.autocast, tuple(AUTOCAST_DTYPES))
 
 
 @dataclass
@@ -169,6 +165,7 @@ def sample(generator: MaskedGenerator, condition: Condition, settings: SamplerSe
     batch = batch_size or len(condition.labels if condition.labels is not None else condition.prompts or [])
     if batch < 1:
         raise ShortcutError("batch size must be >= 1: give at least one class label or prompt")
+    check_sample_inputs(generator, condition, shortcut)
     steps = settings.steps
     full = set(settings.full_step_list(shortcut))
     predictor = make_predictor(settings.method, shortcut.network if shortcut is not None else None)

@@ -111,12 +111,6 @@ def searched_full_steps(steps: int, budget: int, tables: Optional[dict]) -> list
     return search_full_steps(tables[steps], budget)
 
 
-def expected_speedup(steps: int, base_calls: int, predicted_calls: int, cost_ratio: float) -> float:
-    """N / (B + P c): time of N base-model calls over B base calls plus P predicted calls costing c each (the
-    paper's bound; ``web/schedule.js`` has its JavaScript twin). Vanilla with B steps: P = 0."""
-    return steps / (base_calls + predicted_calls * cost_ratio)
-
-
 def tokens_per_step(steps: int, num_tokens: int, schedule: str = "arccos") -> list[int]:
     """How many tokens each step unmasks (MaskGIT ``adap_sche``): always at least one, summing to L.
 
@@ -128,6 +122,8 @@ def tokens_per_step(steps: int, num_tokens: int, schedule: str = "arccos") -> li
         return dimoo_cosine_counts(steps, num_tokens)
     if schedule == "amused_cosine":
         return amused_cosine_counts(steps, num_tokens)
+    if steps == 1:  # every curve is 0 at its only point: one step decodes everything
+        return [num_tokens]
     r = torch.linspace(1, 0, steps, dtype=torch.float32)
     if schedule == "root":
         val = 1 - r ** 0.5

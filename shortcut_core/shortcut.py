@@ -74,12 +74,13 @@ class TimestepEmbedder(nn.Module):
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: Optional[torch.Tensor],
                      dropout_p: float = 0.0) -> torch.Tensor:
-    """Bidirectional SDPA over [R, heads, n, hd]; ``key_valid`` [R, n] (None = all valid). Rows without any valid
-    key give zeros (never NaN)."""
+    """SDPA over [R, H, n, d] with ``key_valid`` [R, n] (None = all valid). A row without any valid key (no token
+    was decoded at the previous step) gives zeros, on every torch version: it attends to all keys, then is zeroed,
+    instead of relying on how a torch release treats a fully masked row (NaN before 2.5)."""
     if key_valid is None or bool(key_valid.all()):
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
     has_key = key_valid.any(dim=1)
-    allowed = key_valid | ~has_key[:, None]  # never a fully masked row (would be NaN); zeroed below
+    allowed = key_valid | ~has_key[:, None]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None, None, :], dropout_p=dropout_p)
     if not bool(has_key.all()):
         out = torch.where(has_key[:, None, None, None], out, torch.zeros_like(out))
@@ -108,7 +109,7 @@ class MultiheadProjections(nn.Module):
         q = F.linear(query, w_q, b_q).view(rows, q_len, heads, head_dim).transpose(1, 2)
         k = F.linear(key, w_k, b_k).view(rows, key.shape[1], heads, head_dim).transpose(1, 2)
         v = F.linear(value, w_v, b_v).view(rows, value.shape[1], heads, head_dim).transpose(1, 2)
-        out = masked_attention(q, k, v, key_valid, dropout_p=self.dropout if self.training else 0.0)
+        out = masked_attention(q, k, v, key_valid, self.dropout if self.training else 0.0)
         out = out.transpose(1, 2).reshape(rows, q_len, dim)
         return self.out_proj(out)
 

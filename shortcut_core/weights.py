@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from safetensors.torch import safe_open
 from torch import nn
 
 from .dtypes import synchronize
 from .files import load_tensors, read_metadata, save_safetensors
 from .generator import Condition, MaskedGenerator, ShortcutError
 from .shortcut import ShortcutConfig, build_shortcut, shortcut_class
+from .validation import check_finite_tensors
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,7 @@ def load_shortcut(path: Path, generator: Optional[MaskedGenerator] = None, num_h
     state = load_tensors(path)
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise ShortcutError(f"{path}: this is a training checkpoint, not a shortcut state dict")
+    check_finite_tensors(state.items(), str(path))
     step_errors = {int(k[len(STEP_ERRORS_PREFIX):]): state.pop(k) for k in list(state)
                    if k.startswith(STEP_ERRORS_PREFIX)}
     metadata = read_metadata(path) if path.suffix == ".safetensors" else {}
@@ -109,7 +112,7 @@ def load_shortcut(path: Path, generator: Optional[MaskedGenerator] = None, num_h
     weights = ShortcutWeights(build_shortcut(config), generator_info=dict(metadata.get("generator_info") or {}),
                               training=metadata.get("training"), step_errors=step_errors,
                               step_errors_info=metadata.get("step_errors") if step_errors else None,
-                              per_call_ratio=metadata.get(PER_CALL_RATIO), source=str(path))
+                              per_call_ratio=per_call_ratio_of(metadata), source=str(path))
     if metadata.get("generator") and not weights.generator:
         weights.generator_info["generator"] = metadata["generator"]
     if generator is not None:
@@ -126,6 +129,26 @@ def load_shortcut(path: Path, generator: Optional[MaskedGenerator] = None, num_h
     if generator is not None:
         weights.network.to(device=generator.device, dtype=generator.dtype)
     return weights
+
+
+def per_call_ratio_of(metadata: dict) -> Optional[float]:
+    """The per-call ratio stored in weights metadata when they were fitted; None when absent or not a plausible
+    ratio (a finite number between 0 and 1000)."""
+    try:
+        value = float(metadata.get(PER_CALL_RATIO))
+    except (TypeError, ValueError):
+        return None
+    return value if 0 < value < 1e3 else None
+
+
+def read_step_errors(path: Path) -> dict[int, torch.Tensor]:
+    """The step-error tables (steps -> [N, N]) of a safetensors weights file, read without building the network."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    with safe_open(str(path), framework="pt") as handle:
+        return {int(k[len(STEP_ERRORS_PREFIX):]): handle.get_tensor(k) for k in handle.keys()
+                if k.startswith(STEP_ERRORS_PREFIX)}
 
 
 def _check_fits(path: Path, weights: ShortcutWeights, generator: MaskedGenerator, check_identity: bool) -> None:

@@ -23,8 +23,8 @@ from shortcut_core.weights import ShortcutWeights  # noqa: E402
 
 
 def fixture_dir() -> Path:
-    """The official-code fixtures (``SHORTCUT_FIXTURES``, default ../shared/fixtures/upstream)."""
-    return Path(os.environ.get("SHORTCUT_FIXTURES", ROOT.parent / "shared" / "fixtures" / "upstream"))
+    """The official-code fixtures (``SHORTCUT_FIXTURES``, default tests/fixtures/upstream)."""
+    return Path(os.environ.get("SHORTCUT_FIXTURES", ROOT / "tests" / "fixtures" / "upstream"))
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from shortcut_core import Condition, SamplerSettings, ShortcutWeights, build_sho
 from shortcut_core.fitting import FitSettings, RunOptions, fit_shortcut
 from shortcut_core.recording import TrajectoryDataset, record
 from shortcut_core.weights import load_shortcut, save_shortcut
-from test_nodes import ComfyStandin, pack, run, sampler_inputs  # noqa: F401 - pack is a fixture
+from test_nodes import ComfyStandin, advanced_inputs, pack, run  # noqa: F401 - pack is a fixture
 
 SETTINGS = SamplerSettings(steps=6, cfg_scale=1.5, seed=0)
 MARKER = "fake_backend.json"
@@ -162,12 +162,18 @@ def test_nodes_load_and_sample_the_fake_backend_through_the_bridge(pack, fitted,
     shortcut_file = base / "fake_shortcut.safetensors"
     (standin.models_dir / "shortcut" / "fake.safetensors").write_bytes(shortcut_file.read_bytes())
     backend = fake_backend(pack.core)
-    loaders = importlib.import_module(pack.core.__name__ + ".backends").PATH_LOADERS
+    backends = importlib.import_module(pack.core.__name__ + ".backends")
+    card = importlib.import_module(pack.core.__name__ + ".generator").GeneratorCard(
+        "class", ("red", "green", "blue"), {"steps": 6, "cfg_scale": 1.5})
 
     def load_fake(path, device, dtype):
         return backend() if (Path(path) / MARKER).is_file() else None
 
-    loaders.insert(0, load_fake)
+    def describe_fake(path):
+        return card if (Path(path) / MARKER).is_file() else None
+
+    backends.PATH_LOADERS.insert(0, load_fake)
+    backends.PATH_DESCRIBERS.insert(0, describe_fake)
     try:
         assert "fake/" in pack.bridge.list_generators()
         gen = run(pack.loaders.LoadMaskedGenerator, generator_name="fake/", device="cpu", dtype="bf16")[0]
@@ -177,11 +183,12 @@ def test_nodes_load_and_sample_the_fake_backend_through_the_bridge(pack, fitted,
         gen = run(pack.loaders.LoadMaskedGenerator, generator_name="fake/", device="cpu", dtype="fp32")[0]
         shortcut = run(pack.loaders.LoadShortcutWeights, generator=gen, shortcut_name="fake.safetensors")[0]
         assert shortcut.weights.per_call_ratio == pytest.approx(weights.per_call_ratio)
-        out = run(pack.sampling.ShortcutMaskedSampler, generator=gen, shortcut=shortcut,
-                  **sampler_inputs(pack, steps=6, budget=2, class_name="blue"))
+        out = run(pack.sampling.ShortcutSamplerAdvanced,
+                  **advanced_inputs(pack, gen, shortcut, class_name="blue", steps=6, budget=2))
         images, tokens = out.args
         assert images.shape == (2, 16, 16, 3) and tokens["generator"] == "fake-contract"
         stats = out.ui["shortcut_stats"][0]
         assert (stats["base_calls"], stats["shortcut_calls"]) == (2, 4)
     finally:
-        loaders.remove(load_fake)
+        backends.PATH_LOADERS.remove(load_fake)
+        backends.PATH_DESCRIBERS.remove(describe_fake)

@@ -17,11 +17,13 @@ import argparse
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from shortcut_core import cli
 from shortcut_core.files import safetensors_files
@@ -36,7 +38,7 @@ from shortcut_core.shortcut import build_shortcut, shortcut_class
 from shortcut_core.weights import load_shortcut, save_shortcut
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("SHORTCUT_FIXTURES_DIMOO", REPO.parent / "shared" / "fixtures" / "upstream_dimoo"))
+FIXTURES = Path(os.environ.get("SHORTCUT_FIXTURES_DIMOO", REPO / "tests" / "fixtures" / "upstream_dimoo"))
 SINGLE = dict(atol=1e-5, rtol=1e-5)
 CHAINED = dict(atol=1e-4, rtol=1e-4)
 PAD = dict(atol=1e-5, rtol=0.0)
@@ -75,7 +77,6 @@ def meta():
 
 @pytest.fixture(scope="module")
 def tensors():
-    from safetensors.torch import load_file
     return {name: load_file(str(FIXTURES / f"{name}_io.safetensors")) for name in ("base", "shortcut", "trajectory")}
 
 
@@ -138,9 +139,28 @@ def test_base_forward_matches_official(base, tensors, meta):
     print("base max abs errors (last_hidden, logits):", errors)
 
 
+def write_sharded(folder: Path, state: dict, shards: int = 2) -> None:
+    """``state`` saved the way a full-size ``save_pretrained`` does: ``model-0000i-of-0000n.safetensors`` files and
+    ``model.safetensors.index.json`` mapping every tensor to its file."""
+    keys = sorted(state)
+    weight_map = {}
+    for i in range(shards):
+        file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        names = keys[i * len(keys) // shards:(i + 1) * len(keys) // shards]
+        save_file({k: state[k] for k in names}, str(folder / file), metadata={"format": "pt"})
+        weight_map.update({k: file for k in names})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
 @needs_fixtures
-def test_sharded_and_single_file_load_the_same(base, meta):
-    sharded_dir = FIXTURES / "lumina_dimoo_tiny_sharded"
+def test_sharded_and_single_file_load_the_same(base, meta, tmp_path):
+    """The fixture's single-file checkpoint re-saved sharded here (so any fixture folder of this format works)."""
+    single = FIXTURES / meta["base_checkpoint"]["folder"]
+    sharded_dir = tmp_path / "sharded"
+    sharded_dir.mkdir()
+    for path in single.glob("*.json"):
+        shutil.copy(path, sharded_dir / path.name)
+    write_sharded(sharded_dir, load_file(str(single / "model.safetensors")))
     assert len(safetensors_files(sharded_dir)) > 1
     sharded = load_llada_transformer(sharded_dir, "cpu", torch.float32)
     a, b = base.state_dict(), sharded.state_dict()
@@ -362,7 +382,6 @@ TINY_CODEBOOK = 16
 
 def build_tiny_folder(folder: Path, n_layers: int = 2) -> Path:
     from diffusers import VQModel
-    from safetensors.torch import save_file
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -388,14 +407,7 @@ def build_tiny_folder(folder: Path, n_layers: int = 2) -> Path:
         else:
             value = torch.randn(shape, generator=g) / math.sqrt(shape[1])
         state["model.transformer." + name] = value.to(torch.bfloat16)  # stored bf16, loaded as fp32: casts per tensor
-    keys = sorted(state)
-    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
-              "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
-    weight_map = {}
-    for file, names in shards.items():
-        save_file({k: state[k] for k in names}, str(folder / file), metadata={"format": "pt"})
-        weight_map.update({k: file for k in names})
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    write_sharded(folder, state)
 
     vocab = {w: i for i, w in enumerate(TINY_WORDS)}
     for i in range(len(TINY_WORDS), embedding):
@@ -461,7 +473,6 @@ def test_local_folder_loads_through_the_registry(tiny_folder, tiny_generator):
     assert ids == [32] + system + [33, 34] + [words["a"], words["red"], words["cat"]] + [35]
     assert gen.uncond_ids() == [32] + system + [33, 34, 39, 35]
     # meta-device build + per-shard fill: every parameter real, fp32, same values as the bf16 files
-    from safetensors.torch import load_file
     stored = {}
     for f in safetensors_files(tiny_folder):
         stored.update(load_file(str(f)))

@@ -1,7 +1,7 @@
 """Official MaskGIT / VQGAN / MaskGIT-Shortcut files: loaders, conversion, safe loading, path rule, presets.
 
 Reference fixtures (outputs of the authors' code on tiny random weights, in the real on-disk formats) come from
-``$SHORTCUT_FIXTURES`` (default ``../shared/fixtures/upstream`` beside the repository); every config, id and
+``$SHORTCUT_FIXTURES`` (default ``tests/fixtures/upstream``, see its README); every config, id and
 shape is read from their ``meta.json``. ``SHORTCUT_SLOW=1`` also runs a full-size MaskGIT-512 end to end.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from shortcut_core.shortcut import ShortcutConfig, ShortcutNetwork
 import shortcut_core.shortcut as shortcut_module
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("SHORTCUT_FIXTURES", REPO.parent / "shared" / "fixtures" / "upstream"))
+FIXTURES = Path(os.environ.get("SHORTCUT_FIXTURES", REPO / "tests" / "fixtures" / "upstream"))
 if not FIXTURES.is_absolute():
     FIXTURES = (REPO / FIXTURES).resolve()
 
@@ -314,10 +314,13 @@ def test_convert_folder_to_one_generator_file(official, tmp_path, io, heads, gen
 # Identity, settings, classes
 # ----------------------------------------------------------------------------------------------------------------
 
-def test_identity_is_stable_for_the_same_weights(generators, official, converted, tmp_path, heads):
+def test_identity_is_stable_for_the_same_weights(generators, official, converted, tmp_path, heads, io, meta):
     official_id, converted_id = generators["official"].identity, generators["converted"].identity
     assert official_id == converted_id
-    assert official_id.startswith("maskgit8-")  # 4x4 tokens x 2 (the fixture VQGAN downsamples by 2)
+    # maskgit<px>-: px = token grid side (the reference codes' shape) x the VQGAN's downsampling (2 per ch_mult level)
+    side = io["maskgit_base"]["code"].shape[-1]
+    downsampling = 2 ** (len(meta["vqgan_config"]["ddconfig"]["ch_mult"]) - 1)
+    assert official_id.startswith(f"maskgit{side * downsampling}-")
     renamed = tmp_path / "renamed.pth"
     shutil.copy(official["transformer"], renamed)
     assert mo.load_maskgit(renamed, official["vqgan"], heads=heads["base"]).identity == official_id

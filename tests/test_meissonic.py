@@ -444,7 +444,7 @@ def test_vanilla_shortcut_and_every_baseline_sample(generator):
     fast = sample(generator, condition, settings_for(generator, steps=8, budget=3, seed=3), shortcut=net)
     assert (fast.base_calls, fast.shortcut_calls) == (3, 5)
     assert fast.codes.shape == (2, 256) and int(fast.codes.max()) < 32
-    with pytest.raises(ShortcutError, match="r_temp and r_temp_end must be >= 0"):
+    with pytest.raises(ShortcutError, match="r_temp_end must be a finite number >= 0, got -0.5"):
         settings_for(generator, r_temp_end=-0.5).validate()
     for method in ("fewer_steps", "reuse", "taylor1", "taylor2"):
         run = sample(generator, condition, settings_for(generator, steps=8, budget=3, seed=3, method=method))

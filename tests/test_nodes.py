@@ -30,8 +30,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 PACK = "migm_shortcut_pack_under_test"
-OUR_NODES = {"MIGMLoadMaskedGenerator", "MIGMLoadShortcutWeights", "MIGMShortcutMaskedSampler",
-             "MIGMTrajectoryRecorder"}
+NEW_NODES = {"MIGMLoadMaskedGenerator", "MIGMLoadShortcutWeights", "MIGMClassLabel", "MIGMTextPrompt",
+             "MIGMShortcutSampler", "MIGMShortcutSamplerAdvanced", "MIGMRecordTrajectories"}
+LEGACY_NODES = {"MIGMShortcutMaskedSampler", "MIGMTrajectoryRecorder"}
 
 
 # ============================================================================ stand-in for comfy_api.latest
@@ -82,6 +83,8 @@ def _make_io_standin() -> tuple[types.ModuleType, types.ModuleType]:
         hidden: list = None
         description: str = ""
         is_output_node: bool = False
+        is_deprecated: bool = False
+        is_experimental: bool = False
 
     class NodeOutput:
         def __init__(self, *args, ui=None, expand=None, block_execution=None):
@@ -154,6 +157,7 @@ class ComfyStandin:
         self.loaded: list = []
         self.progress: list = []  # (value, total, preview) per update
         self.hook = None  # set to a callable to act like the server's progress hook
+        self.routes: dict = {}  # path -> handler the pack added to ComfyUI's server
 
     def modules(self) -> dict[str, types.ModuleType]:
         fp = types.ModuleType("folder_paths")
@@ -246,11 +250,22 @@ class ComfyStandin:
                 self.update_absolute(self.current + value)
 
         utils.ProgressBar = ProgressBar
+
+        server = types.ModuleType("server")
+
+        class Routes:  # aiohttp's RouteTableDef, as far as the pack uses it
+            def get(self, path):
+                def add(handler):
+                    standin.routes[path] = handler
+                    return handler
+                return add
+
+        server.PromptServer = types.SimpleNamespace(instance=types.SimpleNamespace(routes=Routes()))
         comfy = types.ModuleType("comfy")
         comfy.__path__ = []
         comfy.utils, comfy.model_management, comfy.model_patcher = utils, mm, mp
         return {"folder_paths": fp, "comfy": comfy, "comfy.utils": utils, "comfy.model_management": mm,
-                "comfy.model_patcher": mp}
+                "comfy.model_patcher": mp, "server": server}
 
 
 # ============================================================================ fixtures
@@ -270,7 +285,9 @@ def pack():
         spec.loader.exec_module(module)
         nodes = importlib.import_module(f"{PACK}.nodes")
         yield types.SimpleNamespace(root=module, nodes=nodes, core=importlib.import_module(f"{PACK}.shortcut_core"),
-                                    bridge=nodes.bridge, sampling=nodes.sampling, loaders=nodes.loaders)
+                                    bridge=nodes.bridge, sampling=nodes.sampling, loaders=nodes.loaders,
+                                    conditioning=nodes.conditioning, recording=nodes.recording, legacy=nodes.legacy,
+                                    routes=nodes.routes)
         for name in [n for n in sys.modules if n == PACK or n.startswith(PACK + ".")]:
             sys.modules.pop(name, None)
 
@@ -303,6 +320,12 @@ def weights(pack, tmp_path_factory):
         core.ShortcutNetwork(core.ShortcutConfig(feature_dim=32, num_heads=4)), {"generator": "x"}))
     core.save_shortcut(base / "other_generator.safetensors",
                        core.ShortcutWeights(net, {"generator": "some-other-generator"}))
+    # weights as train/search_schedule.py and the fitter leave them: a step-error table for 8 steps (errors grow
+    # with the distance from the last full step, most early on) and the per-call ratio measured when fitted
+    steps = torch.arange(8, dtype=torch.float32)
+    table = ((steps[None, :] - steps[:, None]).clamp(min=0) / (1 + steps[:, None])).contiguous()
+    core.save_shortcut(base / "tiny_searched.safetensors",
+                       core.ShortcutWeights(net, gen.describe(), step_errors={8: table}, per_call_ratio=0.0625))
     return base
 
 
@@ -311,13 +334,14 @@ def comfy(pack, weights, tmp_path, monkeypatch):
     standin = ComfyStandin(tmp_path)
     for name, module in standin.modules().items():
         monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(pack.bridge, "_MEASURED", {})  # what runs measured belongs to one server session
     gens = standin.models_dir / "masked_generators"
     shorts = standin.models_dir / "shortcut"
     gens.mkdir(parents=True)
     shorts.mkdir(parents=True)
     (gens / "tiny.safetensors").write_bytes((weights / "tiny.safetensors").read_bytes())
     (gens / "README.txt").write_text("put generators here")
-    for name in ("tiny_shortcut", "wrong_size", "other_generator"):
+    for name in ("tiny_shortcut", "wrong_size", "other_generator", "tiny_searched"):
         (shorts / f"{name}.safetensors").write_bytes((weights / f"{name}.safetensors").read_bytes())
     return standin
 
@@ -346,11 +370,51 @@ def load_tiny(pack, with_shortcut="tiny_shortcut.safetensors"):
     return gen, sc
 
 
-def sampler_inputs(pack, **overrides):
-    inputs = widget_defaults(pack.sampling.ShortcutMaskedSampler)
+def label(pack, gen, class_name="shape3"):
+    return run(pack.conditioning.MaskedClassLabel, generator=gen, class_name=class_name)[0]
+
+
+def simple_inputs(pack, gen, sc=None, class_name="shape3", **overrides):
+    inputs = widget_defaults(pack.sampling.ShortcutSampler)
+    inputs.update(generator=gen, conditioning=label(pack, gen, class_name), steps=8, budget=4, batch_size=2, seed=3)
+    if sc is not None:
+        inputs["shortcut"] = sc
+    inputs.update(overrides)
+    return inputs
+
+
+def advanced_inputs(pack, gen, sc=None, class_name="shape3", **overrides):
+    inputs = widget_defaults(pack.sampling.ShortcutSamplerAdvanced)
+    inputs.update(generator=gen, conditioning=label(pack, gen, class_name), steps=8, budget=4, batch_size=2, seed=3,
+                  cfg=2.0, r_temp=3.0)
+    if sc is not None:
+        inputs["shortcut"] = sc
+    inputs.update(overrides)
+    return inputs
+
+
+def legacy_inputs(pack, **overrides):
+    inputs = widget_defaults(pack.legacy.LegacyShortcutMaskedSampler)
     inputs.update(steps=8, budget=4, batch_size=2, seed=3, class_name="shape3")
     inputs.update(overrides)
     return inputs
+
+
+def reference_codes(pack, gen, labels, **fields):
+    """What the core sampler draws for the tiny generator with its own settings and ``fields`` on top."""
+    core = pack.core
+    settings = core.with_overrides(core.SamplerSettings.for_generator(gen.generator), **fields)
+    return core.sample(gen.generator, core.Condition(labels=labels), settings).codes
+
+
+class FakeTextGenerator:
+    """Only what conditioning needs from a text-to-image generator (no weights)."""
+
+    condition_kind = "text"
+    identity = "fake-t2i"
+
+    def check_condition(self, condition, batch_size):
+        assert len(condition.prompts) == batch_size
 
 
 # ============================================================================ tests
@@ -369,28 +433,41 @@ def test_pack_root_imports_without_comfyui_or_torch():
     assert (web / "schedule.js").is_file() and (web / "shortcut_strip.js").is_file()
 
 
-def test_entrypoint_gives_four_v3_nodes_with_consistent_schemas(pack, comfy):
+def test_entrypoint_gives_native_nodes_with_tooltips_everywhere_and_keeps_the_old_ones(pack, comfy):
     extension = asyncio.run(pack.root.comfy_entrypoint())
     nodes = asyncio.run(extension.get_node_list())
     schemas = {n.define_schema().node_id: (n, n.define_schema()) for n in nodes}
-    assert set(schemas) == OUR_NODES
+    assert set(schemas) == NEW_NODES | LEGACY_NODES
     for node_id, (cls, schema) in schemas.items():
         assert schema.category == "sampling/shortcut"
         assert schema.display_name and schema.description
+        assert schema.is_deprecated == (node_id in LEGACY_NODES), node_id
         ids = [i.id for i in schema.inputs]
         assert len(ids) == len(set(ids)), node_id
-        # every declared input is accepted by execute (ComfyUI passes them by name)
         params = inspect.signature(cls.execute).parameters
         for i in schema.inputs:
+            assert i.tooltip, f"{node_id}.{i.id} has no tooltip"
             assert i.id in params, f"{node_id}.execute does not take input {i.id!r}"
             if i.optional:
                 assert params[i.id].default is not inspect.Parameter.empty, f"optional {i.id!r} needs a default"
-    sampler = schemas["MIGMShortcutMaskedSampler"][1]
-    assert [o.io_type for o in sampler.outputs] == ["IMAGE", "MIGM_TOKENS"]
-    names = {i.id for i in sampler.inputs}
-    assert {"steps", "budget", "cfg", "cfg_ramp", "sm_temp", "r_temp", "schedule", "full_step_rule", "seed",
-            "batch_size", "class_name", "prompt", "negative_prompt", "shortcut"} <= names
-    assert schemas["MIGMTrajectoryRecorder"][1].is_output_node
+        for o in schema.outputs:
+            assert o.tooltip, f"{node_id} output {o.display_name} has no tooltip"
+    inputs = {node_id: [i.id for i in schema.inputs] for node_id, (_, schema) in schemas.items()}
+    # the simple sampler: what every generator uses and most runs change, no per-model widgets
+    assert inputs["MIGMShortcutSampler"] == ["generator", "conditioning", "shortcut", "seed", "steps", "budget", "cfg",
+                                             "batch_size"]
+    assert {"sm_temp", "r_temp", "schedule", "cfg_ramp", "full_step_rule", "full_steps", "method", "preset"} <= \
+        set(inputs["MIGMShortcutSamplerAdvanced"])
+    per_model = {"class_name", "class_index", "prompt", "negative_prompt", "width", "height"}
+    for node_id in ("MIGMShortcutSampler", "MIGMShortcutSamplerAdvanced", "MIGMRecordTrajectories"):
+        assert not per_model & set(inputs[node_id]), node_id
+    assert inputs["MIGMClassLabel"] == ["generator", "class_name"]
+    assert inputs["MIGMTextPrompt"] == ["prompt", "negative_prompt", "width", "height"]
+    assert [o.io_type for o in schemas["MIGMShortcutSamplerAdvanced"][1].outputs] == ["IMAGE", "MIGM_TOKENS"]
+    assert [o.io_type for o in schemas["MIGMShortcutSampler"][1].outputs] == ["IMAGE"]
+    assert schemas["MIGMRecordTrajectories"][1].is_output_node
+    assert set(comfy.routes) >= {"/migm_shortcut/generator", "/migm_shortcut/presets", "/migm_shortcut/shortcut"} \
+        or pack.routes._REGISTERED  # registered once per process: by this test or an earlier one
 
 
 def test_model_folders_registered_with_filters_and_existing_paths_kept(pack, comfy):
@@ -400,25 +477,42 @@ def test_model_folders_registered_with_filters_and_existing_paths_kept(pack, com
     pack.bridge.register_model_folders()
     paths, exts = fp.folder_names_and_paths["masked_generators"]
     assert paths == [extra, str(comfy.models_dir / "masked_generators")]
-    assert ".safetensors" in exts and ".pth" in exts
+    assert {".safetensors", ".pth", ".json"} <= exts and ".txt" not in exts
     assert fp.folder_names_and_paths["shortcut"][0] == [str(comfy.models_dir / "shortcut")]
     listed = pack.bridge.list_generators()
     assert listed[0] == "demo" and "tiny.safetensors" in listed
     assert "README.txt" not in listed
 
 
-def test_generator_list_offers_model_folders_and_refuses_unlisted_names(pack, comfy):
-    folder = comfy.models_dir / "masked_generators" / "some-hf-model"
-    folder.mkdir()
-    (folder / "config.json").write_text("{}")
-    (folder / "model.safetensors").write_bytes(b"")
+def test_generator_list_offers_only_what_loads_as_a_generator(pack, comfy):
+    """Issue 18: VQ decoders and sub-files such as pretrained_maskgit/VQGAN/last.ckpt were offered and failed."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_maskgit_official import write_official_files
+    gens = comfy.models_dir / "masked_generators"
+    write_official_files(gens, grid=16)
+    (gens / "MaskGIT-Shortcut" / "maskgit-shortcut.pth").rename(gens / "maskgit-shortcut.pth")
+    (gens / "stray_shortcut.safetensors").write_bytes(
+        (comfy.models_dir / "shortcut" / "tiny_shortcut.safetensors").read_bytes())
+    llada = gens / "some-llada-model"
+    llada.mkdir()
+    (llada / "config.json").write_text(json.dumps({"model_type": "llada"}))
+    (llada / "model.safetensors").write_bytes(b"")
+    unknown = gens / "not-a-model"
+    unknown.mkdir()
+    (unknown / "config.json").write_text("{}")
+    (unknown / "weights.safetensors").write_bytes(b"")
     listed = pack.bridge.list_generators()
-    assert "some-hf-model/" in listed
-    assert not any(name.startswith("some-hf-model/model") for name in listed)
-    assert pack.bridge.resolve_generator("some-hf-model/") == folder
+    assert listed == ["demo", "pretrained_maskgit/MaskGIT/MaskGIT_ImageNet_512.pth", "tiny.safetensors",
+                      "some-llada-model/"], listed
+    card = pack.bridge.generator_card("pretrained_maskgit/MaskGIT/MaskGIT_ImageNet_512.pth")
+    assert card.condition_kind == "class" and card.class_names[281] == "tabby" and len(card.class_names) == 1000
+    assert card.default_settings["steps"] == 8  # 16 x 16 tokens: the 256 px reference settings
+    assert pack.bridge.generator_card("some-llada-model/").condition_kind == "text"
+    assert pack.bridge.resolve_generator("some-llada-model/") == llada
     outside = comfy.base / "secret.safetensors"
-    outside.write_bytes((comfy.models_dir / "masked_generators" / "tiny.safetensors").read_bytes())
-    for bad in ("../secret.safetensors", str(outside), "nope.safetensors", "../output/", "/etc/"):
+    outside.write_bytes((gens / "tiny.safetensors").read_bytes())
+    for bad in ("../secret.safetensors", str(outside), "nope.safetensors", "../output/", "/etc/",
+                "pretrained_maskgit/VQGAN/last.ckpt", "not-a-model/", "stray_shortcut.safetensors"):
         with pytest.raises(pack.core.ShortcutError, match="masked_generators"):
             pack.bridge.resolve_generator(bad)
     with pytest.raises(pack.core.ShortcutError, match="not in the model folder 'shortcut'"):
@@ -432,72 +526,186 @@ def test_missing_generator_file_is_an_actionable_error(pack, comfy):
     assert "'gone.safetensors'" in message and "masked_generators" in message and "Refresh" in message
 
 
-def test_sampler_makes_class_dependent_images_and_hands_models_to_comfy(pack, comfy):
+def test_class_label_node_and_the_route_that_fills_its_list_follow_the_generator(pack, comfy):
+    gen, _ = load_tiny(pack, with_shortcut=None)
+    info = pack.routes.generator_info("tiny.safetensors")
+    assert info["condition_kind"] == "class" and info["class_names"] == [f"shape{i}" for i in range(10)]
+    assert info["defaults"] == {"steps": 8, "cfg": 2.0}  # the generator's own settings, by widget name
+    assert pack.routes.generator_info("demo")["class_names"][:2] == ["circle", "square"] or \
+        not pack.core.DEMO_GENERATOR.is_file()
+    with pytest.raises(pack.core.ShortcutError, match="not in the model folder"):
+        pack.routes.generator_info("gone.safetensors")
+    g = gen.generator
+    cycle = label(pack, gen, pack.conditioning.CYCLE_CLASSES)
+    assert cycle.condition(g, 3).labels == [0, 1, 2] and cycle.condition(g, 2, offset=9).labels == [9, 0]
+    assert label(pack, gen, "SHAPE4").condition(g, 2).labels == [4, 4]
+    assert label(pack, gen, "7").condition(g, 1).labels == [7]  # a class number, for generators without names
+    with pytest.raises(pack.core.ShortcutError, match="not a class of generator 'tiny-nodes'.*shape0"):
+        label(pack, gen, "tench")
+    with pytest.raises(pack.core.ShortcutError, match="out of range"):
+        label(pack, gen, "10")
+
+
+def test_text_prompt_node_and_conditioning_that_does_not_fit_the_generator(pack, comfy):
+    gen, _ = load_tiny(pack, with_shortcut=None)
+    prompt = pack.conditioning.MaskedTextPrompt
+    cond = run(prompt, prompt="a red fox", negative_prompt="blurry", width=512, height=256)[0]
+    text = FakeTextGenerator()
+    made = cond.condition(text, 2)
+    assert made.prompts == ["a red fox"] * 2 and made.negative_prompts == ["blurry"] * 2 and made.labels is None
+    assert (cond.width, cond.height) == (512, 256)
+    assert run(prompt, prompt="fox", negative_prompt=" ", width=0, height=0)[0].condition(text, 1).negative_prompts is None
+    with pytest.raises(pack.core.ShortcutError, match="the prompt is empty"):
+        run(prompt, prompt="  ", negative_prompt="", width=0, height=0)
+    with pytest.raises(pack.core.ShortcutError, match="class-conditional.*connect a Masked Class Label"):
+        run(pack.sampling.ShortcutSampler, **{**simple_inputs(pack, gen), "conditioning": cond})
+    with pytest.raises(pack.core.ShortcutError, match="text-to-image.*connect a Masked Text Prompt"):
+        label(pack, gen).condition(text, 1)
+    with pytest.raises(pack.core.ShortcutError, match="text-to-image: use a Masked Text Prompt"):
+        pack.conditioning.class_conditioning(text, "shape1")
+
+
+def test_simple_sampler_uses_the_generators_own_settings_and_hands_models_to_comfy(pack, comfy):
     gen, sc = load_tiny(pack)
     assert comfy.loaded == []  # nothing moved before a sampler needs it
-    out = run(pack.sampling.ShortcutMaskedSampler, generator=gen, shortcut=sc, **sampler_inputs(pack))
-    images, tokens = out.args
+    out = run(pack.sampling.ShortcutSampler, **simple_inputs(pack, gen, sc))
+    (images,) = out.args
     assert images.shape == (2, 32, 32, 3) and images.dtype == torch.float32 and images.device.type == "cpu"
-    assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
-    assert float(images.std()) > 0.01, "blank image"
-    assert tokens["codes"].shape == (2, 64) and tokens["generator"] == "tiny-nodes"
+    assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0 and float(images.std()) > 0.01
     stats = out.ui["shortcut_stats"][0]
-    assert (stats["base_calls"], stats["shortcut_calls"]) == (4, 4)
-    assert stats["full_steps"] == [0, 2, 4, 6]
+    assert (stats["base_calls"], stats["shortcut_calls"], stats["full_steps"]) == (4, 4, [0, 2, 4, 6])
+    # temperatures, schedule and ramp are the generator's (tiny: the core defaults), the widgets the rest
+    reference = pack.core.sample(gen.generator, pack.core.Condition(labels=[3, 3]), pack.core.with_overrides(
+        pack.core.SamplerSettings.for_generator(gen.generator), steps=8, budget=4, cfg_scale=2.0, seed=3),
+        shortcut=sc.weights).codes
+    assert torch.equal(gen.generator.decode(reference).permute(0, 2, 3, 1).clamp(0, 1), images)
     assert {p.model.inner for p, _ in comfy.loaded} == {gen.generator, sc.weights.network}
     assert all(force for _, force in comfy.loaded)
-    other = run(pack.sampling.ShortcutMaskedSampler, generator=gen, shortcut=sc,
-                **sampler_inputs(pack, class_name="shape7"))
-    assert not torch.equal(other.args[1]["codes"], tokens["codes"]), "class label has no effect"
-    assert float((other.args[0] - images).abs().mean()) > 1e-3
-    again = run(pack.sampling.ShortcutMaskedSampler, generator=gen, shortcut=sc, **sampler_inputs(pack))
+    other = run(pack.sampling.ShortcutSampler, **simple_inputs(pack, gen, sc, class_name="shape7"))
+    assert float((other.args[0] - images).abs().mean()) > 1e-3, "class label has no effect"
+    again = run(pack.sampling.ShortcutSampler, **simple_inputs(pack, gen, sc))
     assert torch.equal(again.args[0], images), "same seed must give the same images"
+
+
+def test_model_management_names_and_counts_every_module(pack, comfy):
+    """Issue 18: the log said "Requested to load _Managed", and DiMOO's VQ decoder was outside the module tree."""
+    gen, sc = load_tiny(pack)
+    assert type(gen.patcher.model).__name__ == "MaskGITGenerator"  # what ComfyUI's log line names
+    assert type(sc.patcher.model).__name__ == "ShortcutNetwork"
+    managed = dict(gen.patcher.model.named_parameters())
+    assert any(name.startswith("inner.vq.") for name in managed), "the VQ decoder is not counted"
+    assert len(managed) == len(list(gen.generator.parameters()))
+    pytest.importorskip("diffusers")
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_dimoo import build_tiny_folder
+    dimoo = importlib.import_module(pack.core.__name__ + ".backends.dimoo")
+    registry = importlib.import_module(pack.core.__name__ + ".registry")
+    folder = build_tiny_folder(comfy.base / "tiny-dimoo")
+    generator = registry.load_generator(str(folder), device="cpu", dtype="bf16")
+    assert isinstance(generator, dimoo.DimooGenerator)
+    patcher = pack.bridge.manage(generator, torch.device("cpu"), torch.device("cpu"))
+    names = dict(patcher.model.named_parameters())
+    assert type(patcher.model).__name__ == "DimooGenerator"
+    vq = [p for n, p in names.items() if n.startswith("inner.vq.")]
+    assert vq and all(p.dtype == torch.float32 for p in vq)  # managed, and still float32 under a bf16 model
+    assert generator.transformer.wte.weight.dtype == torch.bfloat16
 
 
 def test_without_shortcut_or_with_budget_equal_steps_it_is_the_vanilla_sampler(pack, comfy):
     gen, sc = load_tiny(pack)
-    core = pack.core
-    settings = core.SamplerSettings(steps=8, budget=None, cfg_scale=2.0, cfg_ramp=True, sm_temp=1.0, r_temp=3.0,
-                                    seed=3)
-    reference = core.sample(gen.generator, core.Condition(labels=[3, 3]), settings).codes
-    no_shortcut = run(pack.sampling.ShortcutMaskedSampler, generator=gen, **sampler_inputs(pack, budget=2))
+    reference = reference_codes(pack, gen, [3, 3], steps=8, cfg_scale=2.0, seed=3)
+    no_shortcut = run(pack.sampling.ShortcutSamplerAdvanced, **advanced_inputs(pack, gen, budget=2, r_temp=4.5))
     assert torch.equal(no_shortcut.args[1]["codes"], reference)
     assert no_shortcut.ui["shortcut_stats"][0]["vanilla"] is True
-    full_budget = run(pack.sampling.ShortcutMaskedSampler, generator=gen, shortcut=sc,
-                      **sampler_inputs(pack, budget=8))
+    full_budget = run(pack.sampling.ShortcutSamplerAdvanced, **advanced_inputs(pack, gen, sc, budget=8, r_temp=4.5))
     assert torch.equal(full_budget.args[1]["codes"], reference)
-    assert full_budget.ui["shortcut_stats"][0]["shortcut_calls"] == 0
+    stats = full_budget.ui["shortcut_stats"][0]
+    assert stats["shortcut_calls"] == 0 and stats["speedup"] == 1.0 and stats["vanilla_seconds"] == stats["seconds"]
+
+
+def test_presets_fill_widgets_and_never_override_them(pack, comfy):
+    """Issue 18: preset maskgit512-N15-B7 ran 7 base calls and its own cfg while the node showed budget 3, cfg 9."""
+    gen, sc = load_tiny(pack)
+    sampling = pack.sampling
+    assert sampling.preset_widget_values("maskgit256-N8-B4") == {
+        "cfg": 3.0, "cfg_ramp": True, "r_temp": 4.5, "sm_temp": 1.0, "schedule": "arccos", "steps": 8, "budget": 4,
+        "full_step_rule": "official"}
+    table = pack.routes.preset_table()
+    assert table["maskgit512-N15-B7"]["values"]["budget"] == 7 and "1.94x" in table["maskgit512-N15-B7"]["description"]
+    shown = advanced_inputs(pack, gen, sc, preset="maskgit256-N8-B4", budget=3, cfg=9.0)
+    out = run(sampling.ShortcutSamplerAdvanced, **shown)
+    stats = out.ui["shortcut_stats"][0]
+    assert (stats["budget"], stats["base_calls"]) == (3, 3), "the preset replaced the budget the node shows"
+    assert "budget, cfg, full_step_rule, r_temp, schedule differ from preset 'maskgit256-N8-B4': the widgets ran" \
+        in stats["note"]
+    widgets_only = run(sampling.ShortcutSamplerAdvanced, **{**shown, "preset": "custom"})
+    assert torch.equal(widgets_only.args[1]["codes"], out.args[1]["codes"])
+    assert widgets_only.ui["shortcut_stats"][0]["note"] is None
+    filled = {**advanced_inputs(pack, gen, sc, preset="maskgit256-N8-B4"),
+              **sampling.preset_widget_values("maskgit256-N8-B4")}
+    matching = run(sampling.ShortcutSamplerAdvanced, **filled).ui["shortcut_stats"][0]
+    assert "was made for maskgit256 models" in matching["note"]  # the tiny generator is not a MaskGIT-256
+    defaults = {**advanced_inputs(pack, gen, sc, preset="generator defaults"),
+                **sampling.preset_widget_values("generator defaults", gen.generator.default_settings)}
+    assert run(sampling.ShortcutSamplerAdvanced, **defaults).ui["shortcut_stats"][0]["note"] is None
+    with pytest.raises(pack.core.ShortcutError, match="unknown preset"):
+        run(sampling.ShortcutSamplerAdvanced, **advanced_inputs(pack, gen, sc, preset="fastest"))
+
+
+def test_full_step_rules_explicit_lists_and_the_searched_default(pack, comfy):
+    gen, sc = load_tiny(pack)
+    searched_sc = run(pack.loaders.LoadShortcutWeights, generator=gen, shortcut_name="tiny_searched.safetensors")[0]
+    advanced = pack.sampling.ShortcutSamplerAdvanced
+    explicit = run(advanced, **advanced_inputs(pack, gen, sc, full_steps="0, 1,5,6"))
+    assert explicit.ui["shortcut_stats"][0]["full_steps"] == [0, 1, 5, 6]
+    with pytest.raises(pack.core.ShortcutError, match="3 distinct steps but budget is 4"):
+        run(advanced, **advanced_inputs(pack, gen, sc, full_steps="0,3,5"))
+    with pytest.raises(pack.core.ShortcutError, match="full_steps must be 0-based step numbers"):
+        run(advanced, **advanced_inputs(pack, gen, sc, full_steps="0;3;x"))
+    table = searched_sc.weights.step_errors[8]
+    schedules = importlib.import_module(pack.core.__name__ + ".schedules")
+    best = schedules.search_full_steps(table, 4)
+    assert best != [0, 2, 4, 6]  # the table moves the full steps early
+    for node, inputs in ((advanced, advanced_inputs(pack, gen, searched_sc)),
+                         (pack.sampling.ShortcutSampler, simple_inputs(pack, gen, searched_sc))):
+        assert run(node, **inputs).ui["shortcut_stats"][0]["full_steps"] == best  # auto = searched with a table
+    assert run(advanced, **advanced_inputs(pack, gen, sc)).ui["shortcut_stats"][0]["full_steps"] == [0, 2, 4, 6]
+    no_table = advanced_inputs(pack, gen, searched_sc, steps=10, budget=4)
+    assert run(advanced, **no_table).ui["shortcut_stats"][0]["full_steps"] == [0, 2, 5, 8]  # no table for 10 steps
+    with pytest.raises(pack.core.ShortcutError, match="measured for steps \\[8\\], not 10"):
+        run(advanced, **{**no_table, "full_step_rule": "searched"})
 
 
 def test_method_widget_runs_the_baselines_on_equal_terms(pack, comfy):
     gen, sc = load_tiny(pack)
-    core = pack.core
+    advanced = pack.sampling.ShortcutSamplerAdvanced
     for method in ("reuse", "taylor1", "taylor2"):  # training-free: no shortcut weights needed
-        out = run(pack.sampling.ShortcutMaskedSampler, generator=gen, **sampler_inputs(pack, budget=3, method=method))
-        stats = out.ui["shortcut_stats"][0]
+        stats = run(advanced, **advanced_inputs(pack, gen, budget=3, method=method)).ui["shortcut_stats"][0]
         assert (stats["method"], stats["base_calls"], stats["shortcut_calls"]) == (method, 3, 5)
         assert stats["vanilla"] is False and method in stats["summary"]
-    fewer = run(pack.sampling.ShortcutMaskedSampler, generator=gen, shortcut=sc,
-                **sampler_inputs(pack, budget=3, method="fewer_steps"))
-    settings = core.SamplerSettings(steps=3, cfg_scale=2.0, cfg_ramp=True, sm_temp=1.0, r_temp=3.0, seed=3)
-    assert torch.equal(fewer.args[1]["codes"], core.sample(gen.generator, core.Condition(labels=[3, 3]), settings).codes)
-    assert fewer.ui["shortcut_stats"][0]["expected_speedup"] == pytest.approx(8 / 3, abs=1e-3)
-    with pytest.raises(core.ShortcutError, match="method must be one of"):
-        run(pack.sampling.ShortcutMaskedSampler, generator=gen, **sampler_inputs(pack, budget=3, method="magic"))
+    fewer = run(advanced, **advanced_inputs(pack, gen, sc, budget=3, method="fewer_steps", r_temp=4.5))
+    assert torch.equal(fewer.args[1]["codes"], reference_codes(pack, gen, [3, 3], steps=3, cfg_scale=2.0, seed=3))
+    stats = fewer.ui["shortcut_stats"][0]
+    assert stats["expected_speedup"] == pytest.approx(8 / 3, abs=1e-3)
+    # both figures are rounded to 0.1 ms before they reach the node, so compare within that rounding
+    assert stats["vanilla_seconds"] == pytest.approx(stats["seconds"] * 8 / 3, abs=5e-5 * (1 + 8 / 3))
+    with pytest.raises(pack.core.ShortcutError, match="method must be one of"):
+        run(advanced, **advanced_inputs(pack, gen, budget=3, method="magic"))
 
 
 def test_budget_above_steps_is_refused_with_a_readable_message(pack, comfy):
     gen, sc = load_tiny(pack)
-    sampler = pack.sampling.ShortcutMaskedSampler
-    verdict = sampler.validate_inputs(steps=8, budget=10)
-    assert isinstance(verdict, str) and "budget 10 must be between 1 and steps (8)" in verdict
-    assert sampler.validate_inputs(steps=8, budget=8) is True
-    assert sampler.validate_inputs(steps=8, budget=None) is True  # linked value: checked when running
+    for sampler in (pack.sampling.ShortcutSampler, pack.sampling.ShortcutSamplerAdvanced,
+                    pack.legacy.LegacyShortcutMaskedSampler):
+        verdict = sampler.validate_inputs(steps=8, budget=10)
+        assert isinstance(verdict, str) and "budget 10 must be between 1 and steps (8)" in verdict
+        assert sampler.validate_inputs(steps=8, budget=8) is True
+        assert sampler.validate_inputs(steps=8, budget=None) is True  # linked value: checked when running
     with pytest.raises(pack.core.ShortcutError, match=r"budget 10 must be between 1 and steps \(8\)"):
-        sampler.execute(generator=gen, shortcut=sc, **sampler_inputs(pack, budget=10))
+        pack.sampling.ShortcutSampler.execute(**simple_inputs(pack, gen, sc, budget=10))
 
 
-def test_mismatched_shortcut_weights_are_refused_plainly(pack, comfy):
+def test_mismatched_shortcut_weights_and_conditioning_are_refused_plainly(pack, comfy):
     gen, _ = load_tiny(pack, with_shortcut=None)
     loader = pack.loaders.LoadShortcutWeights
     with pytest.raises(pack.core.ShortcutError) as err:
@@ -508,14 +716,21 @@ def test_mismatched_shortcut_weights_are_refused_plainly(pack, comfy):
         run(loader, generator=gen, shortcut_name="other_generator.safetensors")
     with pytest.raises(pack.core.ShortcutError, match="not in the model folder 'shortcut'"):
         run(loader, generator=gen, shortcut_name="absent.safetensors")
-    # a shortcut checked against one generator, used with another loaded generator
     good = run(loader, generator=gen, shortcut_name="tiny_shortcut.safetensors")[0]
     other = dataclasses.replace(gen, generator=_tiny_generator(pack.core, identity="another"))
     with pytest.raises(pack.core.ShortcutError, match="connect the same generator"):
-        run(pack.sampling.ShortcutMaskedSampler, generator=other, shortcut=good, **sampler_inputs(pack))
+        run(pack.sampling.ShortcutSampler, **simple_inputs(pack, gen, good, generator=other))
+    with pytest.raises(pack.core.ShortcutError, match="class label was chosen for generator 'tiny-nodes'.*'another'"):
+        run(pack.sampling.ShortcutSampler, **simple_inputs(pack, gen, None, generator=other))
 
 
-def test_progress_per_step_previews_and_cancel_within_one_step(pack, comfy, monkeypatch):
+def _preview_pixels(preview):
+    import numpy as np
+    kind, image, size = preview
+    return np.asarray(image.convert("RGB"), dtype=np.float32)
+
+
+def test_progress_per_step_previews_cancel_and_the_finished_image_as_last_preview(pack, comfy, monkeypatch):
     gen, sc = load_tiny(pack)
     monkeypatch.setattr(pack.sampling, "PREVIEW_AFTER_SECONDS", 0.0)  # tiny runs are quicker than the threshold
     monkeypatch.setattr(pack.sampling, "PREVIEW_SHARE", 1e9)
@@ -529,17 +744,29 @@ def test_progress_per_step_previews_and_cancel_within_one_step(pack, comfy, monk
 
     comfy.hook = hook
     with pytest.raises(InterruptProcessingException):
-        run(pack.sampling.ShortcutMaskedSampler, generator=gen, shortcut=sc, **sampler_inputs(pack))
+        run(pack.sampling.ShortcutSampler, **simple_inputs(pack, gen, sc))
     assert [v for v, _, _ in seen] == [1, 2, 3], "did not stop within one step of Cancel"
     previews = [p for _, _, p in seen if p is not None]
     assert previews, "no preview while the server shows progress"
     kind, image, size = previews[0]
     assert kind == "JPEG" and min(image.size) >= 256 and size >= max(image.size)
-    # the next run works and reports every step
-    comfy.hook, comfy.progress = None, []
-    out = run(pack.sampling.ShortcutMaskedSampler, generator=gen, shortcut=sc, **sampler_inputs(pack))
-    assert out.args[0].shape[0] == 2
+    # the next run works; its last progress update carries the finished image 0 (issue 18: a stale half-masked
+    # frame stayed on the node in 2 of 4 runs)
+    comfy.hook = lambda *args: None
+    comfy.progress = []
+    out = run(pack.sampling.ShortcutSampler, **simple_inputs(pack, gen, sc))
     assert [v for v, _, _ in comfy.progress][-1] == 8 and all(t == 8 for _, t, _ in comfy.progress)
+    last = comfy.progress[-1][2]
+    assert last is not None
+    finished = out.args[0][0].permute(2, 0, 1)
+    expected = _preview_pixels(pack.sampling.preview_image(finished))
+    got = _preview_pixels(last)
+    assert got.shape == expected.shape == (256, 256, 3)
+    assert float(abs(got - expected).mean()) < 1e-6
+    masked_frames = [p for _, _, p in comfy.progress[:-1] if p is not None]
+    assert all(float(abs(_preview_pixels(p) - expected).mean()) > 1 for p in masked_frames)
+    comfy.hook, comfy.progress = None, []
+    run(pack.sampling.ShortcutSampler, **simple_inputs(pack, gen, sc))
     assert all(p is None for _, _, p in comfy.progress), "previews decoded although nothing shows them"
 
 
@@ -555,60 +782,47 @@ def test_previews_are_skipped_when_decoding_costs_too_much(pack, comfy, monkeypa
         return slow(*args)
 
     monkeypatch.setattr(pack.sampling, "preview_frame", costly)
-    run(pack.sampling.ShortcutMaskedSampler, generator=gen, shortcut=sc, **sampler_inputs(pack, steps=16, budget=8))
+    run(pack.sampling.ShortcutSampler, **simple_inputs(pack, gen, sc, steps=16, budget=8))
     shown = [p for _, _, p in comfy.progress if p is not None]
-    assert len(shown) == 1, "previews kept costing more than their share of the sampling time"
+    assert len(shown) == 2, "previews kept costing more than their share of the sampling time"
+    assert comfy.progress[-1][2] is shown[-1]  # the finished image, sent whatever previews cost
     monkeypatch.setattr(pack.sampling, "PREVIEW_AFTER_SECONDS", 60.0)
     comfy.progress = []
-    run(pack.sampling.ShortcutMaskedSampler, generator=gen, shortcut=sc, **sampler_inputs(pack, seed=9))
-    assert all(p is None for _, _, p in comfy.progress), "a quick run decoded previews"
+    run(pack.sampling.ShortcutSampler, **simple_inputs(pack, gen, sc, seed=9))
+    assert [p is not None for _, _, p in comfy.progress] == [False] * 8 + [True], "a quick run decoded previews"
 
 
-def test_presets_replace_the_widgets_they_name(pack, comfy):
+def test_the_node_reports_measured_time_calls_and_speedup_and_the_route_serves_the_ratio(pack, comfy):
     gen, sc = load_tiny(pack)
-    sampler = pack.sampling.ShortcutMaskedSampler
-    named = run(sampler, generator=gen, shortcut=sc, **sampler_inputs(pack, preset="maskgit256-N8-B4", steps=8,
-                                                                      budget=8, cfg=9.0))
-    stats = named.ui["shortcut_stats"][0]
-    assert (stats["steps"], stats["budget"], stats["shortcut_calls"]) == (8, 4, 4)
-    assert "note: preset 'maskgit256-N8-B4' was made for maskgit256 models" in stats["summary"]
-    # generator defaults: tiny's cfg 2.0 (and the core's r_temp 4.5) instead of the widgets' 9.0 and 0.5
-    own = run(sampler, generator=gen, shortcut=sc, **sampler_inputs(pack, preset="generator defaults", cfg=9.0,
-                                                                    r_temp=0.5))
-    assert pack.core.SamplerSettings().r_temp == 4.5
-    widgets = run(sampler, generator=gen, shortcut=sc, **sampler_inputs(pack, cfg=2.0, r_temp=4.5))
-    assert torch.equal(own.args[1]["codes"], widgets.args[1]["codes"])
-    with pytest.raises(pack.core.ShortcutError, match="unknown preset"):
-        run(sampler, generator=gen, shortcut=sc, **sampler_inputs(pack, preset="fastest"))
+    info = pack.routes.shortcut_info({"name": "tiny_searched.safetensors", "generator": "tiny.safetensors",
+                                      "steps": "8", "budget": "4"})
+    assert info["fitted_ratio"] == 0.0625 and info["measured"] is None and info["table_steps"] == [8]
+    searched = run(pack.loaders.LoadShortcutWeights, generator=gen, shortcut_name="tiny_searched.safetensors")[0]
+    schedules = importlib.import_module(pack.core.__name__ + ".schedules")
+    assert info["searched"] == schedules.search_full_steps(searched.weights.step_errors[8], 4)
+    assert pack.routes.shortcut_info({"name": "tiny_shortcut.safetensors"})["fitted_ratio"] is None
+    out = run(pack.sampling.ShortcutSampler, **simple_inputs(pack, gen, sc))
+    stats = out.ui["shortcut_stats"][0]
+    ratio = stats["shortcut_call_ms"] / stats["base_call_ms"]
+    assert stats["measured_ratio"] == pytest.approx(ratio, rel=1e-2)
+    assert stats["expected_speedup"] == pytest.approx(8 / (4 + 4 * stats["measured_ratio"]), rel=1e-3)
+    saved = stats["shortcut_calls"] * (stats["base_call_ms"] - stats["shortcut_call_ms"]) / 1000
+    assert stats["vanilla_seconds"] == pytest.approx(stats["seconds"] + saved, abs=2e-3)
+    assert stats["speedup"] == pytest.approx(stats["vanilla_seconds"] / stats["seconds"], rel=1e-2)
+    assert f"{stats['seconds']:.2f} s" in stats["summary"] and "the speed of the vanilla sampler (estimated" in stats["summary"]
+    measured = pack.routes.shortcut_info({"name": "tiny_shortcut.safetensors", "generator": "tiny.safetensors"})
+    assert measured["measured"]["ratio"] == stats["measured_ratio"] and measured["measured"]["device"] == "cpu"
+    with pytest.raises(pack.core.ShortcutError, match="not in the model folder 'shortcut'"):
+        pack.routes.shortcut_info({"name": "../x.safetensors"})
 
 
-def test_class_and_prompt_widgets_become_the_core_condition(pack, comfy):
+def test_record_trajectories_writes_a_readable_dataset(pack, comfy):
     gen, _ = load_tiny(pack, with_shortcut=None)
-    make = pack.sampling.make_condition
-    g = gen.generator
-    assert make(g, 3, pack.sampling.CYCLE_CLASSES).labels == [0, 1, 2]
-    assert make(g, 2, "SHAPE4").labels == [4, 4]
-    assert make(g, 2, "tench", class_index=7).labels == [7, 7]
-    with pytest.raises(pack.core.ShortcutError, match="not a class of generator 'tiny-nodes'.*shape0"):
-        make(g, 1, "tench")
-    with pytest.raises(pack.core.ShortcutError, match="out of range"):
-        make(g, 1, "shape1", class_index=10)
-    text = types.SimpleNamespace(condition_kind="text", identity="t2i")
-    cond = make(text, 2, "ignored", prompt="a red fox", negative_prompt="blurry")
-    assert cond.prompts == ["a red fox"] * 2 and cond.negative_prompts == ["blurry"] * 2 and cond.labels is None
-    assert make(text, 1, "x", prompt="fox", negative_prompt=" ").negative_prompts is None
-    with pytest.raises(pack.core.ShortcutError, match="text-to-image: write a prompt"):
-        make(text, 1, "x", prompt="  ")
-    options = pack.bridge.class_name_options()
-    assert "shape3" in options and "tench" in options and len(options) == len(set(options))
-
-
-def test_trajectory_recorder_writes_a_readable_dataset(pack, comfy):
-    gen, _ = load_tiny(pack, with_shortcut=None)
-    recorder = pack.sampling.TrajectoryRecorderNode
+    recorder = pack.recording.RecordTrajectories
     inputs = widget_defaults(recorder)
-    inputs.update(dataset_name="tiny_set", batches=2, batch_size=2, steps=6, storage="fp16")
-    out = run(recorder, generator=gen, **inputs)
+    inputs.update(generator=gen, conditioning=label(pack, gen, pack.conditioning.CYCLE_CLASSES),
+                  dataset_name="tiny_set", batches=2, batch_size=2, steps=6, storage="fp16")
+    out = run(recorder, **inputs)
     folder = comfy.output_dir / "tiny_set"
     recording = importlib.import_module(pack.core.__name__ + ".recording")
     summary = recording.dataset_summary(folder)
@@ -622,12 +836,34 @@ def test_trajectory_recorder_writes_a_readable_dataset(pack, comfy):
     assert "8 trajectories" in text and str(summary["bytes"]) in text and out.ui["text"] == [text]
     assert out.ui["dataset"][0]["added"] == 8
     assert [v for v, _, _ in comfy.progress][-1] == 12
-    again = run(recorder, generator=gen, **{**inputs, "batches": 3})
+    again = run(recorder, **{**inputs, "batches": 3})
     assert "12 trajectories" in again.args[0] and again.ui["dataset"][0]["added"] == 4
     for bad in ("../escape", "a/b", "", "..", "/abs"):
         with pytest.raises(pack.core.ShortcutError, match="plain folder name"):
-            run(recorder, generator=gen, **{**inputs, "dataset_name": bad})
+            run(recorder, **{**inputs, "dataset_name": bad})
     assert not (comfy.base / "escape").exists()
+    sized = run(pack.conditioning.MaskedTextPrompt, prompt="x", negative_prompt="", width=64, height=0)[0]
+    with pytest.raises(pack.core.ShortcutError, match="recorded at the generator's own size"):
+        run(recorder, **{**inputs, "conditioning": sized})
+
+
+def test_old_nodes_still_run_saved_workflows_with_the_widgets_they_show(pack, comfy):
+    """Workflows saved with the first sampler and recorder keep loading and running (deprecated, hidden)."""
+    gen, sc = load_tiny(pack)
+    old = run(pack.legacy.LegacyShortcutMaskedSampler, generator=gen, shortcut=sc, **legacy_inputs(pack))
+    new = run(pack.sampling.ShortcutSamplerAdvanced, **advanced_inputs(pack, gen, sc, full_step_rule="official"))
+    assert torch.equal(old.args[1]["codes"], new.args[1]["codes"])
+    by_index = run(pack.legacy.LegacyShortcutMaskedSampler, generator=gen, shortcut=sc,
+                   **legacy_inputs(pack, class_name="(cycle through all classes)", class_index=3))
+    assert torch.equal(by_index.args[1]["codes"], new.args[1]["codes"])
+    named = run(pack.legacy.LegacyShortcutMaskedSampler, generator=gen, shortcut=sc,
+                **legacy_inputs(pack, preset="maskgit256-N8-B4", budget=2))
+    stats = named.ui["shortcut_stats"][0]
+    assert stats["budget"] == 2 and "differ from preset 'maskgit256-N8-B4'" in stats["note"]
+    recorder = pack.legacy.LegacyTrajectoryRecorder
+    inputs = widget_defaults(recorder)
+    inputs.update(generator=gen, dataset_name="old_set", batches=1, batch_size=2, steps=4)
+    assert "4 trajectories" in run(recorder, **inputs).args[0]
 
 
 def test_shortcut_architectures_of_lazy_backends_resolve_inside_the_pack(pack):
@@ -642,7 +878,7 @@ def test_width_and_height_size_text_to_image_generators_and_zero_restores_their_
     gen, _ = load_tiny(pack, with_shortcut=None)
     assert gen.image_size is None  # MaskGIT draws at one size
     with pytest.raises(pack.core.ShortcutError, match="one fixed size: set width and height to 0"):
-        run(pack.sampling.ShortcutMaskedSampler, generator=gen, **sampler_inputs(pack, width=64, height=64))
+        pack.bridge.use_image_size(gen, 64, 64)
 
     class Sized:
         image_size = (1024, 1024)
@@ -666,11 +902,10 @@ def test_embedded_demo_generator_and_shortcut(pack, comfy):
     gen = run(pack.loaders.LoadMaskedGenerator, generator_name="demo", device="cpu", dtype="fp32")[0]
     sc = run(pack.loaders.LoadShortcutWeights, generator=gen, shortcut_name="demo")[0]
     names = list(gen.generator.class_names)
-    assert len(names) == 10 and set(names) <= set(pack.bridge.class_name_options())
+    assert len(names) == 10 and pack.conditioning.default_class_options()[1:] == names
     images = {}
     for name in names[:2]:
-        out = run(pack.sampling.ShortcutMaskedSampler, generator=gen, shortcut=sc,
-                  **sampler_inputs(pack, class_name=name, steps=16, budget=8, batch_size=2))
+        out = run(pack.sampling.ShortcutSampler, **simple_inputs(pack, gen, sc, class_name=name, steps=16, budget=8))
         images[name] = out.args[0]
         assert images[name].shape == (2, 64, 64, 3) and float(images[name].std()) > 0.05
     a, b = images.values()
@@ -679,96 +914,76 @@ def test_embedded_demo_generator_and_shortcut(pack, comfy):
 
 # ---------------------------------------------------------------------------- bundled workflows
 
-def _schema_widgets(pack):
-    nodes = {n.define_schema().node_id: n.define_schema() for n in pack.nodes.NODES}
-    return nodes
-
-
+TEMPLATES = ROOT / "example_workflows"
 WIDGET_TYPES = ("INT", "FLOAT", "BOOLEAN", "STRING", "COMBO")
-CORE_NODES = {"SaveImage": ["filename_prefix"], "PreviewImage": [], "ImageBatch": [],
-              "MarkdownNote": [], "Note": []}
+FILE_COMBOS = {"generator_name": "masked_generators", "shortcut_name": "shortcut"}
 
 
-def test_bundled_workflows_match_the_node_schemas(pack, comfy):
-    schemas = _schema_widgets(pack)
-    ui_files = sorted((ROOT / "workflows").glob("*.json"))
-    api_files = sorted((ROOT / "workflows" / "api").glob("*.json"))
-    assert len(ui_files) >= 3 and {p.stem for p in api_files} == {p.stem for p in ui_files}
-    for path in ui_files:
-        wf = json.loads(path.read_text())
-        assert {"nodes", "links", "version", "last_node_id", "last_link_id"} <= set(wf), path.name
-        ids = {n["id"] for n in wf["nodes"]}
-        for link in wf["links"]:
-            link_id, src, src_slot, dst, dst_slot, kind = link
-            assert src in ids and dst in ids, (path.name, link)
-        for node in wf["nodes"]:
-            assert {"id", "type", "pos", "size", "mode", "inputs", "outputs"} <= set(node), (path.name, node["id"])
-            if node["type"] in schemas:
-                schema = schemas[node["type"]]
-                widgets = [i for i in schema.inputs if i.io_type in WIDGET_TYPES]
-                expected = sum(2 if i.id == "seed" else 1 for i in widgets)
-                assert len(node["widgets_values"]) == expected, (path.name, node["type"])
-            else:
-                assert node["type"] in CORE_NODES, (path.name, node["type"])
-    for path in api_files:
-        graph = json.loads(path.read_text())
-        for node_id, node in graph.items():
-            if node["class_type"] not in schemas:
-                assert node["class_type"] in CORE_NODES
-                continue
-            schema = schemas[node["class_type"]]
-            required = {i.id for i in schema.inputs if not i.optional}
-            known = {i.id for i in schema.inputs}
-            assert required <= set(node["inputs"]), (path.name, node_id, required - set(node["inputs"]))
-            assert set(node["inputs"]) <= known, (path.name, node_id, set(node["inputs"]) - known)
+def _user_fitted() -> set:
+    """Shortcut files the guides' step 2 makes (aMUSEd, Meissonic): nothing to download."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from template_specs import RECORD_FIT_SAMPLE
+    return {shortcut for _, _, _, shortcut, _ in RECORD_FIT_SAMPLE.values()}
 
 
-FILE_COMBOS = {"generator_name": "models/masked_generators/", "shortcut_name": "models/shortcut/"}
+def _schemas(pack):
+    return {n.define_schema().node_id: n.define_schema() for n in pack.nodes.NODES}
 
 
-def _ui_widget_order(schema) -> list[str]:
-    """Widget names in the order the front end saves ``widgets_values``: required inputs, then optional ones, with
-    the seed's control_after_generate value right after the seed."""
-    widgets = [i for i in schema.inputs if i.io_type in WIDGET_TYPES]
-    order = []
-    for item in [i for i in widgets if not i.optional] + [i for i in widgets if i.optional]:
-        order.append(item.id)
-        if item.id == "seed":
-            order.append("control_after_generate")
-    return order
+def _orders(schemas) -> dict:
+    from comfy_workflow import widget_order
+    def control(item):
+        return bool(getattr(item, "control_after_generate", None) or getattr(item, "extra", {}).get(
+            "control_after_generate"))
+
+    return {node_id: widget_order([(i.id, i.optional, control(i)) for i in schema.inputs if i.io_type in WIDGET_TYPES])
+            for node_id, schema in schemas.items()}
 
 
-def test_bundled_workflows_have_thumbnails_valid_values_and_files_the_readme_names(pack, comfy):
-    """Every template has an API copy and a JPEG thumbnail; the API copy holds the UI's widget values, links to
-    existing nodes, combo values the node offers, and model file names README tells users to download."""
-    schemas = _schema_widgets(pack)
+def test_templates_are_onboarding_workflows_with_model_metadata(pack, comfy):
+    """example_workflows/ (ComfyUI's folder): titles in order, thumbnails, only current nodes, widget values the
+    nodes accept, and for every file to download a `models` entry (name, url, folder) for the missing-models
+    dialog."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from comfy_workflow import ui_to_api
+    schemas = _schemas(pack)
+    orders = _orders(schemas)
+    files = sorted(TEMPLATES.glob("*.json"))
+    assert not (ROOT / "workflows").exists(), "one copy of each template: example_workflows/ only"
+    assert len(files) >= 7
     readme = (ROOT / "README.md").read_text()
-    for ui_path in sorted((ROOT / "workflows").glob("*.json")):
-        name = ui_path.stem
-        thumbnail = ui_path.with_suffix(".jpg")
-        assert thumbnail.is_file() and thumbnail.read_bytes()[:3] == b"\xff\xd8\xff", f"{name}: no JPEG thumbnail"
-        api = json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
-        ui = {str(n["id"]): n for n in json.loads(ui_path.read_text())["nodes"]}
-        for node_id, node in api.items():
-            assert node_id in ui and ui[node_id]["type"] == node["class_type"], (name, node_id)
-            for key, value in node["inputs"].items():
-                if isinstance(value, list):
-                    assert value[0] in api and isinstance(value[1], int), (name, node_id, key)
-            schema = schemas.get(node["class_type"])
-            if schema is None:
-                assert set(node["inputs"]) <= set(CORE_NODES[node["class_type"]]) | {"images"}, (name, node_id)
+    assert files[0].stem.startswith("01 ") and "demo" in files[0].stem.lower()
+    for index, path in enumerate(files, 1):
+        name = path.stem
+        assert name.startswith(f"{index:02d} "), f"{name}: templates are numbered in the order to open them"
+        assert path.with_suffix(".jpg").read_bytes()[:3] == b"\xff\xd8\xff", f"{name}: no JPEG thumbnail"
+        wf = json.loads(path.read_text())
+        assert {"nodes", "links", "version", "last_node_id", "last_link_id"} <= set(wf), name
+        api = ui_to_api(wf, orders)
+        nodes = {str(n["id"]): n for n in wf["nodes"]}
+        assert any(n["type"] == "MarkdownNote" for n in wf["nodes"]), f"{name}: no note that explains it"
+        downloads = list(wf.get("models") or [])
+        for node_id, entry in api.items():
+            kind = entry["class_type"]
+            assert kind not in LEGACY_NODES, f"{name} uses the deprecated {kind}"
+            if kind not in schemas:
+                assert kind in ("SaveImage", "PreviewImage"), (name, kind)
                 continue
-            saved = dict(zip(_ui_widget_order(schema), ui[node_id]["widgets_values"]))
+            schema = schemas[kind]
+            required = {i.id for i in schema.inputs if not i.optional}
+            assert required <= set(entry["inputs"]), (name, kind, required - set(entry["inputs"]))
             for item in schema.inputs:
-                if item.id not in node["inputs"]:
-                    continue
-                value = node["inputs"][item.id]
-                if item.io_type in WIDGET_TYPES:
-                    assert saved[item.id] == value, (name, node_id, item.id)
-                else:
-                    assert isinstance(value, list), (name, node_id, item.id)
-                if item.id in FILE_COMBOS:
-                    if value != pack.bridge.DEMO:
-                        assert FILE_COMBOS[item.id] + value.rstrip("/") in readme, (name, value)
-                elif item.io_type == "COMBO":
-                    assert value in item.options, (name, node_id, item.id, value)
+                value = entry["inputs"].get(item.id)
+                if item.io_type == "COMBO" and item.id not in FILE_COMBOS and item.id != "class_name" \
+                        and value is not None:
+                    assert value in item.options, (name, kind, item.id, value)
+                if item.id in FILE_COMBOS and value != pack.bridge.DEMO and not str(value).endswith("/"):
+                    meta = {m["name"]: m for m in nodes[node_id]["properties"].get("models", [])}
+                    downloads += meta.values()
+                    if value not in _user_fitted():
+                        assert value in meta, f"{name}: no download address for {value}"
+                        assert meta[value]["directory"] == FILE_COMBOS[item.id]
+        for model in downloads:
+            assert model["url"].startswith("https://huggingface.co/"), (name, model)
+            assert model["directory"] in FILE_COMBOS.values(), (name, model)
+        assert f"`{name}`" in readme or name in readme, f"README does not point to template {name}"

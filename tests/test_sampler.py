@@ -54,6 +54,8 @@ def test_shortcut_sees_previous_feature_new_tokens_and_mask_ratio_before_the_ste
     calls = []
 
     class Spy(torch.nn.Module):
+        config = tiny.default_shortcut_config()  # what the sampler checks the weights against
+
         def forward(self, prev, new, mask_ratio, padding=None):
             calls.append((prev.clone(), new, mask_ratio.clone()))
             return prev

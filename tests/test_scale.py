@@ -84,10 +84,24 @@ def reference(saved):
     return {k: v.detach().clone() for k, v in network.network.state_dict().items()}, report
 
 
-def assert_same_weights(state: dict, expected: dict, atol: float) -> None:
+def without_key_bias(key: str, tensor: torch.Tensor) -> torch.Tensor:
+    """An attention's packed q/k/v bias without its key third. Adding a constant to every key shifts all logits of a
+    query equally, so softmax cancels it: its true gradient is zero, and AdamW turns the float rounding left in it
+    into lr-sized steps that differ with the order of the sums (measured: 2e-5 apart after the fit, the other
+    parameters within 1e-5). It never changes an output, so it is left out of the comparison."""
+    if not key.endswith("in_proj_bias"):
+        return tensor
+    q, _, v = tensor.chunk(3)
+    return torch.cat([q, v])
+
+
+def assert_same_weights(state: dict, expected: dict, atol: float, ignore_key_bias: bool = False) -> None:
     assert state.keys() == expected.keys()
     for key in expected:
-        torch.testing.assert_close(state[key].float(), expected[key].float(), atol=atol, rtol=0, msg=key)
+        got, want = state[key].float(), expected[key].float()
+        if ignore_key_bias:
+            got, want = without_key_bias(key, got), without_key_bias(key, want)
+        torch.testing.assert_close(got, want, atol=atol, rtol=0, msg=key)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -106,7 +120,7 @@ def test_torchrun_two_processes_match_one_process_over_the_same_global_batch(sav
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["world_size"] == 2 and report["steps_done"] == FIT["steps"]
     expected, expected_report = reference
-    assert_same_weights(load_file(str(out)), expected, atol=1e-5)
+    assert_same_weights(load_file(str(out)), expected, atol=1e-5, ignore_key_bias=True)
     assert report["val_mse"] == pytest.approx(expected_report["val_mse"], rel=1e-4)
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "val"] == [15, 30]

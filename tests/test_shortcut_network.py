@@ -70,6 +70,23 @@ def test_padding_new_tokens_changes_nothing():
     torch.testing.assert_close(alone, padded, atol=1e-6, rtol=1e-6)
 
 
+def test_a_row_without_new_tokens_attends_to_nothing_without_nan():
+    """A row that decoded no token at the previous step has no valid key: its cross-attention gives zeros (only
+    the output projection's bias goes on), decided by our code, not by how a torch release treats a fully masked
+    row (NaN before torch 2.5). The other row of the batch is the same as when it runs alone."""
+    from shortcut_core.shortcut import MultiheadProjections, masked_attention
+    torch.manual_seed(0)
+    attention = MultiheadProjections(16, num_heads=2).eval()
+    query, keys = torch.randn(2, 5, 16), torch.randn(2, 3, 16)
+    valid = torch.tensor([[True, True, False], [False, False, False]])
+    out = attention(query, keys, keys, valid)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[1], attention.out_proj.bias.expand(5, 16))
+    torch.testing.assert_close(out[:1], attention(query[:1], keys[:1, :2], keys[:1, :2]))
+    q = torch.randn(1, 2, 5, 8)
+    assert torch.equal(masked_attention(q, q, q, torch.zeros(1, 5, dtype=torch.bool)), torch.zeros_like(q))
+
+
 def test_parameter_count_matches_the_paper_at_maskgit_size():
     # method.md: the official MaskGIT variant has 5.08 M parameters for D = 768 (R = 2, one block, 16 heads)
     network = ShortcutNetwork(ShortcutConfig(feature_dim=768, num_heads=16))

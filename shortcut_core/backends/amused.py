@@ -43,7 +43,8 @@ import torch
 from torch import nn
 
 from ..files import read_json, weight_variant
-from ..generator import Condition, Context, MaskedGenerator, NewTokens, ShortcutError, gather_new_tokens, per_row
+from ..generator import (Condition, Context, GeneratorCard, MaskedGenerator, NewTokens, ShortcutError,
+                         gather_new_tokens, per_row)
 from ..shortcut import ShortcutConfig, ShortcutNetwork, config_from_state_dict
 from .diffusers_vq import decode_vq, load_vq
 
@@ -455,3 +456,10 @@ def load_amused_path(path, device, dtype) -> Optional[AmusedGenerator]:
     if not is_amused_folder(path):
         return None
     return load_amused(path, device, dtype or torch.float32)
+
+
+def describe_amused_path(path) -> Optional[GeneratorCard]:
+    """``PATH_DESCRIBERS`` entry: a text-to-image card for an aMUSEd diffusers folder (its config only), else None."""
+    if not is_amused_folder(Path(path)):
+        return None
+    return GeneratorCard("text", default_settings=dict(DEFAULT_SETTINGS))

@@ -27,7 +27,8 @@ from torch import nn
 
 from ..configs import DictConfig
 from ..files import check_memory, gib, read_json, safetensors_files, safetensors_numel
-from ..generator import Condition, Context, MaskedGenerator, NewTokens, ShortcutError, per_row, take_positions
+from ..generator import (Condition, Context, GeneratorCard, MaskedGenerator, NewTokens, ShortcutError, per_row,
+                         take_positions)
 from ..shortcut import ShortcutConfig, TimestepEmbedder
 from .diffusers_vq import decode_vq, load_vq
 from .llada import (LLaDABlock, LLaDAConfig, LLaDATransformer, RMSNorm, is_llada_folder, load_bytes,
@@ -180,6 +181,13 @@ def load_dimoo_path(path, device, dtype) -> Optional["DimooGenerator"]:
     return load_dimoo(path, device, dtype or torch.float32)
 
 
+def describe_dimoo_path(path) -> Optional[GeneratorCard]:
+    """``PATH_DESCRIBERS`` entry: a text-to-image card for a LLaDA/DiMOO folder (its config only), else None."""
+    if not is_llada_folder(Path(path)):
+        return None
+    return GeneratorCard("text", default_settings=dict(DEFAULT_SETTINGS))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the generator
 
@@ -219,7 +227,7 @@ class DimooGenerator(MaskedGenerator):
         super().__init__()
         cfg = transformer.config
         self.transformer = transformer
-        self.vq = vq
+        self.vq = vq  # a child module, so model management moves and counts it; the registry keeps "vq" in fp32
         self.tokenizer = tokenizer
         self.tokens = tokens
         self.identity = identity

@@ -47,7 +47,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from ..generator import ShortcutError
+from ..generator import GeneratorCard, ShortcutError
 from ..files import PICKLE_SUFFIXES, read_metadata, read_pickle, read_safetensors, safetensors_shapes, save_safetensors
 from ..weights import ShortcutWeights, load_shortcut
 from .maskgit import MaskGITConfig, MaskGITGenerator, MaskTransformer
@@ -519,6 +519,51 @@ def load_path(path: Path, device: Any = None, dtype: Any = None) -> Optional[Mas
         if shortcut is not None:
             generator.default_settings["shortcut"] = str(shortcut)
     return generator
+
+
+def describe_path(path: Path) -> Optional[GeneratorCard]:
+    """``PATH_DESCRIBERS`` entry: the card of a MaskGIT transformer file (grid and class count from tensor
+    shapes, read from the header or a memory-mapped pickle), None for VQGANs, shortcuts and other files."""
+    path = Path(path)
+    if not path.is_file() or path.suffix not in TRANSFORMER_SUFFIXES or sniff(path) != KIND_TRANSFORMER:
+        return None
+    positions, vocab, codebook = _transformer_shapes(path)
+    vqgan = find_vqgan(path)
+    if vqgan is not None:
+        codebook = _vqgan_codebook(vqgan)
+    grid = round((positions - 1) ** 0.5)
+    classes = vocab - codebook - 2  # codes, the mask token, the classes, the null class
+    if classes == 1000:
+        from ..imagenet_classes import IMAGENET_CLASSES
+        names = tuple(IMAGENET_CLASSES)
+    else:
+        names = tuple(str(i) for i in range(max(classes, 0)))
+    return GeneratorCard("class", names, reference_settings(grid))
+
+
+def _transformer_shapes(path: Path) -> tuple[int, int, int]:
+    """(positions incl. the class token, embedding rows, codebook size) of a transformer file."""
+    if path.suffix == ".safetensors":
+        config = read_metadata(path).get("config")
+        config = config if isinstance(config, dict) else {}
+        shapes = safetensors_shapes(path)
+        positions = shapes[next(k for k in shapes if k.endswith("pos_emb"))][1]
+        vocab = shapes[next(k for k in shapes if k.endswith("tok_emb.weight"))][0]
+        return int(positions), int(vocab), int(config.get("codebook_size") or DEFAULT_CODEBOOK)
+    obj = read_pickle(path)
+    state = _strip_prefixes(obj.get("model_state_dict", obj))
+    return int(state["pos_emb"].shape[1]), int(state["tok_emb.weight"].shape[0]), DEFAULT_CODEBOOK
+
+
+def _vqgan_codebook(path: Path) -> int:
+    """The codebook size of a VQGAN file (header or memory-mapped pickle), which fixes the transformer's classes."""
+    key = "quantize.embedding.weight"
+    if path.suffix == ".safetensors":
+        shapes = safetensors_shapes(path)
+        return int(shapes[next(k for k in shapes if k.endswith(key))][0])
+    obj = read_pickle(path)
+    state = obj.get("state_dict", obj)
+    return int(state[next(k for k in state if k.endswith(key))].shape[0])
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..files import read_json
-from ..generator import Context, ShortcutError
+from ..generator import Context, GeneratorCard, ShortcutError
 from .amused import AmusedGenerator, AmusedShortcut, _weight_file, assemble, check_subfolders, folder_identity
 from .meissonic_transformer import TEXT_TOKENS, MeissonicConfig, MeissonicTransformer, require_diffusers
 
@@ -176,3 +176,10 @@ def load_meissonic_path(path, device, dtype) -> Optional[MeissonicGenerator]:
     if not is_meissonic_folder(path):
         return None
     return load_meissonic(path, device, dtype or torch.float32)
+
+
+def describe_meissonic_path(path) -> Optional[GeneratorCard]:
+    """``PATH_DESCRIBERS`` entry: a text-to-image card for a Meissonic folder (its config only), else None."""
+    if not is_meissonic_folder(Path(path)):
+        return None
+    return GeneratorCard("text", default_settings=dict(DEFAULT_SETTINGS))

@@ -27,11 +27,11 @@ from .data import OnlineSamples, StepSamples, TrajectorySamples, _DatasetStore, 
 from .distributed import DistInfo, init_distributed
 from .loop import load_checkpoint, save_checkpoint, train
 from .objective import BatchContexts, evaluate, loss_weights
-from .settings import ONLINE_VAL_OFFSET, FitSettings, OnlineSettings, RunOptions
+from .settings import FIT_LIMITS, ONLINE_VAL_OFFSET, FitSettings, OnlineSettings, RunOptions
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FitSettings", "OnlineSettings", "RunOptions", "DistInfo", "init_distributed", "fit_shortcut",
+__all__ = ["FitSettings", "FIT_LIMITS", "OnlineSettings", "RunOptions", "DistInfo", "init_distributed", "fit_shortcut",
            "fit_shortcut_online", "BatchContexts", "evaluate", "loss_weights", "step_views", "StepSamples",
            "TrajectorySamples", "OnlineSamples", "_DatasetStore", "load_checkpoint", "save_checkpoint"]
 

@@ -58,6 +58,7 @@ class StepSamples:
             features[n] = item["features"]
             order[n] = item["order"].long()
             codes[n] = item["codes"].long()
+        self.names = [dataset.describe(i) for i in indices]
         dataset.close()  # unmap the shards: their pages would otherwise count twice in RSS
         self.features, self.order, self.codes = features, order, codes  # [N, S, T, D], [N, L], [N, L]
         steps = self.features.shape[1]
@@ -67,6 +68,10 @@ class StepSamples:
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def describe(self, p: int) -> str:
+        n, s = self.pairs[p].tolist()
+        return f"{self.names[n]}, step {s}"
+
     def batch(self, which: torch.Tensor) -> dict[str, torch.Tensor]:
         which = which.to(self.pairs.device)
         traj, step = self.pairs[which, 0], self.pairs[which, 1]
@@ -75,7 +80,8 @@ class StepSamples:
         dev = self.device
         out = {"prev": self.features[traj, step].to(dev).float(), "target": self.features[traj, step + 1].to(dev).float(),
                "codes": self.codes[traj].to(dev), "order": order.to(dev), "step": step.to(dev),
-               "new_map": new_map.to(dev), "still_masked": still_masked.to(dev), "mask_ratio": mask_ratio.to(dev)}
+               "new_map": new_map.to(dev), "still_masked": still_masked.to(dev), "mask_ratio": mask_ratio.to(dev),
+               "pairs": which.cpu()}
         if self.rollout > 1:
             out["targets"] = torch.stack([self.features[traj, step + k] for k in range(1, self.rollout + 1)],
                                          dim=1).to(dev).float()
@@ -103,6 +109,9 @@ class _DatasetStore:
     def info(self, n: int) -> dict:
         return self.dataset.info(self.indices[n])
 
+    def describe(self, n: int) -> str:
+        return self.dataset.describe(self.indices[n])
+
 
 class _MemoryStore:
     """Trajectories held in memory: a list of dicts with features [S, T, D], order [L], codes [L], info."""
@@ -125,13 +134,18 @@ class _MemoryStore:
     def info(self, n: int) -> dict:
         return self.items[n]["info"]
 
+    def describe(self, n: int) -> str:
+        info = self.items[n]["info"]
+        return self.items[n].get("where") or (f"sampler run {info.get('batch_index')} image {info.get('image')} "
+                                              f"branch {info.get('branch')}")
+
     @classmethod
     def preload(cls, dataset: TrajectoryDataset, indices: Sequence[int]) -> "_MemoryStore":
         items = []
         for i in indices:
             item = dataset.load(i)
             items.append({"features": item["features"], "order": item["order"], "codes": item["codes"],
-                          "info": dataset.info(i)})
+                          "info": dataset.info(i), "where": dataset.describe(i)})
         dataset.close()
         return cls(items)
 
@@ -158,6 +172,10 @@ class TrajectorySamples:
         n = bisect.bisect_right(self.offsets, p) - 1
         return n, p - self.offsets[n]
 
+    def describe(self, p: int) -> str:
+        n, s = self.locate(p)
+        return f"{self.store.describe(n)}, step {s}"
+
     def batch(self, which: torch.Tensor) -> dict:
         k = self.rollout
         feats, orders, codes, steps, infos = [], [], [], [], []
@@ -182,7 +200,7 @@ class TrajectorySamples:
         new_map, still_masked, mask_ratio = step_views(order, step)
         out = {"prev": stacked[:, 0], "target": stacked[:, 1], "codes": torch.stack(codes).to(dev), "order": order,
                "step": step, "new_map": new_map, "still_masked": still_masked, "mask_ratio": mask_ratio,
-               "infos": infos, "recorded_lengths": [f.shape[1] for f in feats]}
+               "infos": infos, "recorded_lengths": [f.shape[1] for f in feats], "pairs": which.cpu()}
         if k > 1:
             out["targets"] = stacked[:, 1:]
         return out

@@ -22,12 +22,13 @@ from torch import nn
 from tqdm import tqdm
 
 from ..dtypes import autocast, resolve_amp
-from ..files import atomic_write, read_pickle
+from ..files import read_pickle
 from ..generator import MaskedGenerator, ShortcutError
+from ..outputs import atomic_write
 from ..shortcut import ShortcutConfig, build_shortcut
 from .data import TrajectorySamples
 from .distributed import DistInfo, barrier, sum_over_ranks
-from .objective import BatchContexts, Chain, combine, evaluate, loss_sums, rollout_inputs
+from .objective import BatchContexts, Chain, combine, evaluate, loss_sums, nonfinite_message, rollout_inputs
 from .settings import RESULT_SETTINGS, FitSettings, RunOptions
 
 log = logging.getLogger(__name__)
@@ -281,7 +282,7 @@ def train(generator: MaskedGenerator, config: ShortcutConfig, settings: FitSetti
                 loss = loss * dist.world  # DDP averages gradients over ranks; the loss is already a global mean
             loss_value = float(value)
             if not math.isfinite(loss_value):
-                raise ShortcutError(f"training diverged at step {step} (loss {loss_value}); lower --lr")
+                raise ShortcutError(nonfinite_message(batch, train_source, f"training step {step}", loss_value))
             optimizer_step(state, loss, settings.grad_clip)
             update_ema(state.ema, state.network, settings.ema, step)
 

@@ -8,6 +8,7 @@ are averaged. Sums are kept apart from their counts so that data parallel ranks 
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional
@@ -81,6 +82,21 @@ def loss_weights(generator: MaskedGenerator, ctx: Context, positions: str, still
     else:
         weights.scatter_(1, index, still_masked.float())
     return weights
+
+
+def nonfinite_message(batch: dict, source, when: str, loss: float) -> str:
+    """Why a loss is not finite: NaN or inf in the recorded features of the batch (naming the shard and step),
+    or else a divergence."""
+    for key in ("prev", "target", "targets"):
+        value = batch.get(key)
+        if value is None or "pairs" not in batch:
+            continue
+        bad = ~torch.isfinite(value.flatten(1)).all(dim=1)
+        if bool(bad.any()):
+            where = source.describe(int(batch["pairs"][int(bad.nonzero()[0])]))
+            return (f"{when}: the recorded features of {where} hold NaN or infinite values (damaged data, not a "
+                    "divergence): delete that shard and rerun the recorder to record it again")
+    return f"{when}: training diverged (loss {loss}); lower --lr"
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -208,7 +224,10 @@ def evaluate(generator: MaskedGenerator, network: torch.nn.Module, samples, batc
         still = batch["still_masked"]
         weights = loss_weights(generator, ctx, "masked", still, batch["prev"].shape[1])
         n = float(weights.sum())
-        totals[0] += float(masked_mse(pred, batch["target"], weights)) * n
+        mse = float(masked_mse(pred, batch["target"], weights))
+        if not math.isfinite(mse):
+            raise ShortcutError(nonfinite_message(batch, samples, "validation", mse))
+        totals[0] += mse * n
         totals[1] += float(masked_mse(batch["prev"], batch["target"], weights)) * n
         target_tokens = _head(generator, batch["target"], ctx, still).argmax(-1)
         for slot, feature in ((2, pred), (3, batch["prev"])):

@@ -8,6 +8,7 @@ from typing import Optional
 
 from ..dtypes import AMP_MODES
 from ..generator import ShortcutError
+from ..validation import check_choice, check_number
 
 ONLINE_VAL_OFFSET = 1_000_000  # online validation batches use condition/seed indices from here on
 # FitSettings fields a resumed run must share with its checkpoint (the others do not change the result).
@@ -36,21 +37,25 @@ class FitSettings:
     val_limit: int = 2048
 
     def validate(self) -> None:
-        checks = (
-            (self.loss_positions in ("masked", "all"),
-             f"loss_positions must be 'masked' or 'all', got {self.loss_positions!r}"),
-            (0 < self.val_fraction < 1, f"val_fraction must be between 0 and 1, got {self.val_fraction}"),
-            (self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1"),
-            (self.rollout >= 1, f"rollout must be >= 1, got {self.rollout}"),
-            (self.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}"),
-            (self.kl_temperature > 0, f"kl_temperature must be > 0, got {self.kl_temperature}"),
-            (self.mse_weight >= 0 and self.kl_weight >= 0 and self.mse_weight + self.kl_weight > 0,
-             "mse_weight and kl_weight must be >= 0 and not both 0"),
-            (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
-        )
-        for ok, message in checks:
-            if not ok:
-                raise ShortcutError(message)
+        """Refuse settings no fit can use (NaN and inf too), naming the field, what is allowed and the value."""
+        check_choice("loss_positions", self.loss_positions, ("masked", "all"))
+        check_choice("amp", self.amp, AMP_MODES)
+        for name, limits in FIT_LIMITS.items():
+            check_number(name, getattr(self, name), **limits)
+        if self.mse_weight + self.kl_weight == 0:
+            raise ShortcutError("mse_weight and kl_weight are both 0: nothing to fit; set one of them > 0")
+
+
+# What each numeric FitSettings field allows (the fitter's command line checks its flags with the same limits).
+FIT_LIMITS = {
+    "steps": dict(low=1, integer=True), "batch_size": dict(low=1, integer=True), "lr": dict(low=0, low_open=True),
+    "weight_decay": dict(low=0), "lr_drop_step": dict(low=0, integer=True),
+    "ema": dict(low=0, high=1, high_open=True), "grad_clip": dict(low=0),
+    "val_fraction": dict(low=0, high=1, low_open=True, high_open=True), "seed": dict(low=0, high=2 ** 63 - 1, integer=True),
+    "eval_every": dict(low=1, integer=True), "mse_weight": dict(low=0), "kl_weight": dict(low=0),
+    "kl_temperature": dict(low=0, low_open=True), "rollout": dict(low=1, integer=True),
+    "val_limit": dict(low=1, integer=True),
+}
 
 
 @dataclass
@@ -81,5 +86,5 @@ class OnlineSettings:
     storage: str = "fp16"
 
     def validate(self) -> None:
-        if min(self.batch, self.buffer, self.refresh_every, self.val_batches) < 1:
-            raise ShortcutError("online batch, buffer, refresh_every and val_batches must be >= 1")
+        for name in ("batch", "buffer", "refresh_every", "val_batches"):
+            check_number(f"online {name}", getattr(self, name), low=1, integer=True)

@@ -1,5 +1,5 @@
-// node --test tests/web/ : the strip's schedule maths (web/schedule.js) against the official code's vectors
-// (fixtures meta.json) and against shortcut_core.schedules.full_steps run in Python.
+// node --test tests/web/ : the strip's schedule maths and text (web/schedule.js) against the official code's
+// vectors (fixtures meta.json) and against shortcut_core (full_steps, expected_speedup) run in Python.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
@@ -8,13 +8,23 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 import {
-  ASSUMED_SHORTCUT_COST, clampBudget, describeSchedule, expectedSpeedup, fullSteps, METHODS, presetStepsBudget, pyRound,
+  clampBudget, describeSchedule, expectedSpeedup, fullSteps, METHODS, parseFullSteps, pyRound, stripLines, wrapLines,
 } from "../../web/schedule.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const FIXTURES = process.env.SHORTCUT_FIXTURES
   ? resolve(process.env.SHORTCUT_FIXTURES)
-  : resolve(ROOT, "..", "shared", "fixtures", "upstream");
+  : resolve(ROOT, "tests", "fixtures", "upstream");
+
+function python(lines) {
+  const script = ["import json, sys", `sys.path.insert(0, ${JSON.stringify(ROOT)})`, ...lines].join("\n");
+  return JSON.parse(execFileSync(process.env.PYTHON || "python3", ["-c", script],
+                                 { encoding: "utf8", maxBuffer: 64 << 20 }));
+}
+
+function texts(lines) {
+  return lines.map((l) => `${l.tone}: ${l.text}`);
+}
 
 test("pyRound rounds half to even like Python", () => {
   assert.equal(pyRound(0.5), 0);
@@ -41,9 +51,7 @@ test("official full steps match the official code's vectors (meta.json)", (t) =>
 });
 
 test("ties round half to even, not up as Math.round does", () => {
-  // N=10, B=4: 10k/4 = 2.5, 5, 7.5 -> 2, 5, 8 (Math.round would give 3 at k = 1).
   assert.deepEqual(fullSteps(10, 4), [0, 2, 5, 8]);
-  // N=6, B=4: 1.5, 3, 4.5 -> 2, 3, 4.
   assert.deepEqual(fullSteps(6, 4), [0, 2, 3, 4]);
 });
 
@@ -54,53 +62,71 @@ test("budget = steps runs every step; budget 1 only step 0", () => {
   }
 });
 
-test("out-of-range budgets are refused and clamped for the UI", () => {
+test("an out-of-range budget is named on the strip, not shown as the vanilla sampler (issue 18)", () => {
   assert.throws(() => fullSteps(8, 9), RangeError);
-  assert.throws(() => fullSteps(8, 0), RangeError);
+  const d = describeSchedule({ steps: 8, budget: 12 });
+  assert.equal(d.vanilla, false);
+  assert.deepEqual(texts(stripLines(d)),
+                   ["warn: budget 12 is not between 1 and steps (8): the run will be refused. Set budget to 1..8."]);
+  assert.match(describeSchedule({ steps: 8, budget: 0 }).problem, /budget 0 is not between 1 and steps \(8\)/);
   assert.equal(clampBudget(8, 12), 8);
   assert.equal(clampBudget(8, 0), 1);
-  const d = describeSchedule({ steps: 8, budget: 12 });
-  assert.equal(d.budget, 8);
-  assert.equal(d.budgetOutOfRange, true);
-  assert.equal(d.vanilla, true);
 });
 
-test("speedup N / (B + (N - B) c) with c = 1/24 unless measured", () => {
-  assert.equal(ASSUMED_SHORTCUT_COST, 1 / 24);
-  assert.ok(Math.abs(expectedSpeedup(15, 7) - 15 / (7 + 8 / 24)) < 1e-12);
-  assert.equal(expectedSpeedup(16, 16), 1);
-  const assumed = describeSchedule({ steps: 32, budget: 8 });
-  assert.equal(assumed.costMeasured, false);
-  assert.ok(Math.abs(assumed.speedup - 32 / (8 + 24 / 24)) < 1e-12);
-  const measured = describeSchedule({ steps: 32, budget: 8, measuredCost: 0.5 });
-  assert.equal(measured.costMeasured, true);
-  assert.ok(Math.abs(measured.speedup - 32 / (8 + 24 * 0.5)) < 1e-12);
+test("the expected speedup uses the measured per-call ratio and says where it comes from; none is assumed", () => {
+  assert.ok(Math.abs(expectedSpeedup(15, 7, 1 / 24) - 15 / (7 + 8 / 24)) < 1e-12);
+  assert.equal(expectedSpeedup(16, 16, null), 1);
+  const unknown = describeSchedule({ steps: 16, budget: 6 });
+  assert.equal(unknown.speedup, null);
+  assert.deepEqual(texts(stripLines(unknown)), [
+    "text: 6 base + 10 shortcut calls · full steps 0,3,5,8,11,13",
+    "dim: expected at most 2.67x (N/B) · the shortcut call's cost is not measured yet: queue once",
+  ]);
+  const fitted = describeSchedule({ steps: 16, budget: 6, cost: 1 / 14.9, costSource: "fitted" });
+  assert.ok(Math.abs(fitted.speedup - 16 / (6 + 10 / 14.9)) < 1e-12);
+  assert.equal(stripLines(fitted)[1].text,
+               "expected 2.40x faster · a shortcut call = 1/15 base call, measured when fitted");
+  const here = describeSchedule({ steps: 16, budget: 6, cost: 0.25, costSource: "measured" });
+  assert.equal(stripLines(here)[1].text,
+               "expected 1.88x faster · a shortcut call = 1/4.0 base call, measured here on the last run");
+});
+
+test("the expected speedup is shortcut_core.speed.expected_speedup", (t) => {
+  let table;
+  try {
+    table = python([
+      "from shortcut_core.speed import expected_speedup",
+      "cases = [(n, b, c, m) for n in (8, 15, 16, 64) for b in (1, 4, 7, n) if b <= n",
+      "         for c in (None, 0.0, 1 / 24, 0.3) for m in ('shortcut', 'fewer_steps', 'reuse')]",
+      "print(json.dumps([[n, b, c, m, expected_speedup(n, b, c, m)] for n, b, c, m in cases]))",
+    ]);
+  } catch (err) {
+    t.skip(`python with shortcut_core unavailable: ${String(err).split("\n")[0]}`);
+    return;
+  }
+  for (const [n, b, c, m, expected] of table) {
+    const d = describeSchedule({ steps: n, budget: b, cost: c, costSource: c == null ? null : "fitted", method: m });
+    if (expected == null) assert.equal(d.speedup, null, `${n},${b},${c},${m}`);
+    else assert.ok(Math.abs(d.speedup - expected) < 1e-12, `${n},${b},${c},${m}`);
+  }
 });
 
 test("no shortcut connected: the vanilla sampler, every step full", () => {
   const d = describeSchedule({ steps: 12, budget: 4, shortcut: false });
-  assert.equal(d.vanilla, true);
   assert.equal(d.baseCalls, 12);
   assert.equal(d.isFull.every(Boolean), true);
   assert.equal(d.speedup, 1);
+  assert.deepEqual(texts(stripLines(d)), ["text: no shortcut connected: vanilla sampler, all 12 steps run the base model"]);
 });
-
-function pythonTable() {
-  const python = process.env.PYTHON || "python3";
-  const script = [
-    "import json, sys",
-    `sys.path.insert(0, ${JSON.stringify(ROOT)})`,
-    "from shortcut_core.schedules import full_steps",
-    "print(json.dumps({f'{n},{b},{r}': full_steps(n, b, r) for n in range(1, 97) for b in range(1, n + 1)",
-    "                  for r in ('official', 'paper')}))",
-  ].join("\n");
-  return JSON.parse(execFileSync(python, ["-c", script], { encoding: "utf8", maxBuffer: 64 << 20 }));
-}
 
 test("every (N <= 96, B <= N) and both rules agree with shortcut_core.schedules.full_steps", (t) => {
   let table;
   try {
-    table = pythonTable();
+    table = python([
+      "from shortcut_core.schedules import full_steps",
+      "print(json.dumps({f'{n},{b},{r}': full_steps(n, b, r) for n in range(1, 97) for b in range(1, n + 1)",
+      "                  for r in ('official', 'paper')}))",
+    ]);
   } catch (err) {
     t.skip(`python with shortcut_core unavailable: ${String(err).split("\n")[0]}`);
     return;
@@ -114,68 +140,80 @@ test("every (N <= 96, B <= N) and both rules agree with shortcut_core.schedules.
   assert.equal(compared, 2 * (96 * 97) / 2);
 });
 
-test("named presets give their steps and budget; other choices none", () => {
-  assert.deepEqual(presetStepsBudget("maskgit512-N15-B7"), { steps: 15, budget: 7 });
-  assert.deepEqual(presetStepsBudget("maskgit512-N32"), { steps: 32, budget: 32 });
-  assert.equal(presetStepsBudget("none (use the widgets)"), null);
-  assert.equal(presetStepsBudget("generator defaults"), null);
-  assert.equal(presetStepsBudget(undefined), null);
-});
-
-test("every preset name in shortcut_core.presets parses to its own steps and budget", (t) => {
-  const python = process.env.PYTHON || "python3";
-  const script = [
-    "import json, sys",
-    `sys.path.insert(0, ${JSON.stringify(ROOT)})`,
-    "from shortcut_core.presets import PRESETS",
-    "print(json.dumps({k: [v[0]['steps'], v[0]['budget']] for k, v in PRESETS.items()}))",
-  ].join("\n");
-  let presets;
-  try {
-    presets = JSON.parse(execFileSync(python, ["-c", script], { encoding: "utf8" }));
-  } catch (err) {
-    t.skip(`python with shortcut_core unavailable: ${String(err).split("\n")[0]}`);
-    return;
-  }
-  assert.ok(Object.keys(presets).length > 0);
-  for (const [name, [steps, budget]] of Object.entries(presets)) {
-    assert.deepEqual(presetStepsBudget(name), { steps, budget }, name);
-  }
-});
-
 test("the method list is the sampler's (shortcut_core.predictors.METHODS)", () => {
-  const python = process.env.PYTHON || "python3";
-  const script = `import json, sys; sys.path.insert(0, ${JSON.stringify(ROOT)}); ` +
-    "from shortcut_core.predictors import METHODS; print(json.dumps(list(METHODS)))";
-  assert.deepEqual(JSON.parse(execFileSync(python, ["-c", script], { encoding: "utf8" })), METHODS);
+  assert.deepEqual(python(["from shortcut_core.predictors import METHODS", "print(json.dumps(list(METHODS)))"]),
+                   METHODS);
 });
 
 test("fewer_steps shows B steps, all full, and speedup N / B", () => {
   const d = describeSchedule({ steps: 16, budget: 4, method: "fewer_steps", shortcut: false });
   assert.equal(d.steps, 4);
   assert.equal(d.isFull.every(Boolean), true);
-  assert.equal(d.baseCalls, 4);
-  assert.equal(d.shortcutCalls, 0);
+  assert.equal(d.predictedCalls, 0);
   assert.equal(d.speedup, 4);
   assert.equal(d.vanilla, false);
+  assert.deepEqual(texts(stripLines(d)),
+                   ["text: fewer steps: 4 of 16 steps, all on the base model · expected 4.00x faster (N/B)"]);
 });
 
-test("training-free methods need no shortcut weights and assume c = 0 until measured", () => {
+test("training-free methods need no weights; their cost is only known once a run measured it", () => {
   const d = describeSchedule({ steps: 16, budget: 4, method: "taylor2", shortcut: false });
   assert.deepEqual(d.full, fullSteps(16, 4, "official"));
-  assert.equal(d.shortcutCalls, 12);
-  assert.equal(d.speedup, 4);
-  const measured = describeSchedule({ steps: 16, budget: 4, method: "reuse", shortcut: false, measuredCost: 0.01 });
+  assert.equal(d.predictedCalls, 12);
+  assert.equal(d.speedup, null);
+  const measured = describeSchedule({ steps: 16, budget: 4, method: "reuse", shortcut: false, cost: 0.01,
+                                     costSource: "measured" });
   assert.equal(measured.speedup, expectedSpeedup(16, 4, 0.01));
 });
 
-test("searched full steps are shown once a run reported them, the uniform ones stand in before", () => {
+test("searched and auto rules show the server's searched steps; auto without a table is official", () => {
   const before = describeSchedule({ steps: 16, budget: 6, rule: "searched" });
   assert.equal(before.fullKnown, false);
-  assert.deepEqual(before.full, fullSteps(16, 6, "official"));
-  const after = describeSchedule({ steps: 16, budget: 6, rule: "searched", measuredFull: [0, 2, 3, 5, 8, 12] });
+  assert.match(stripLines(before)[0].text, /searched full steps/);
+  const after = describeSchedule({ steps: 16, budget: 6, rule: "searched", searchedFull: [0, 2, 3, 5, 8, 12] });
   assert.equal(after.fullKnown, true);
   assert.deepEqual(after.full, [0, 2, 3, 5, 8, 12]);
-  const stale = describeSchedule({ steps: 16, budget: 6, rule: "searched", measuredFull: [0, 4, 8] });
-  assert.equal(stale.fullKnown, false);
+  const auto = describeSchedule({ steps: 16, budget: 6, rule: "auto", searchedFull: [0, 2, 3, 5, 8, 12] });
+  assert.equal(auto.ruleUsed, "searched");
+  assert.deepEqual(auto.full, [0, 2, 3, 5, 8, 12]);
+  const plain = describeSchedule({ steps: 16, budget: 6, rule: "auto" });
+  assert.equal(plain.ruleUsed, "official");
+  assert.deepEqual(plain.full, fullSteps(16, 6));
+});
+
+test("explicit full steps are parsed, shown, and checked against the budget", () => {
+  assert.equal(parseFullSteps(" "), null);
+  assert.deepEqual(parseFullSteps("0, 5 3,3"), [0, 3, 5]);
+  assert.match(parseFullSteps("0;x"), /full_steps must be step numbers/);
+  const d = describeSchedule({ steps: 16, budget: 3, explicitFull: [0, 3, 5] });
+  assert.deepEqual(d.full, [0, 3, 5]);
+  assert.equal(d.problem, null);
+  assert.equal(describeSchedule({ steps: 16, budget: 4, explicitFull: [0, 3, 5] }).problem,
+               "full_steps lists 3 steps but budget is 4");
+  assert.match(describeSchedule({ steps: 8, budget: 2, explicitFull: [1, 3] }).problem, /must start with step 0/);
+  assert.match(describeSchedule({ steps: 8, budget: 2, explicitFull: [0, 9] }).problem, /must lie in 0..7/);
+});
+
+test("after a run the strip holds the measured time, the calls and the speedup over the estimated vanilla time", () => {
+  const d = describeSchedule({ steps: 16, budget: 6, cost: 0.07, costSource: "measured" });
+  const run = { seconds: 1.405, base_calls: 6, shortcut_calls: 10, method: "shortcut", steps: 16, steps_run: 16,
+                speedup: 2.09, vanilla_seconds: 2.934, note: null };
+  const lines = stripLines(d, run);
+  assert.equal(lines.at(-1).text,
+               "last run: 1.41 s, 6 base + 10 shortcut calls · 2.09x vs vanilla ≈ 2.93 s (estimated)");
+  const vanilla = stripLines(describeSchedule({ steps: 16, budget: 16 }),
+                             { ...run, base_calls: 16, shortcut_calls: 0, speedup: 1, vanilla_seconds: 1.405 });
+  assert.equal(vanilla.at(-1).text, "last run: 1.41 s, 16 base + 0 shortcut calls");
+  const noted = stripLines(d, { ...run, note: "the widgets cfg differ from preset 'x': the widgets ran" });
+  assert.deepEqual(noted.at(-1), { text: "note: the widgets cfg differ from preset 'x': the widgets ran", tone: "warn" });
+});
+
+test("lines wrap at spaces to the node width instead of being cut off", () => {
+  const measure = (s) => s.length * 6; // 6 px a character
+  const lines = stripLines(describeSchedule({ steps: 16, budget: 6, cost: 1 / 14.9, costSource: "fitted" }));
+  const wrapped = wrapLines(lines, 240, measure);
+  assert.ok(wrapped.length > lines.length);
+  assert.ok(wrapped.every((l) => measure(l.text) <= 240 || !l.text.includes(" ")));
+  assert.equal(wrapped.map((l) => l.text).join(" "), lines.map((l) => l.text).join(" "));
+  assert.equal(wrapLines(lines, 10000, measure).length, lines.length);
 });
