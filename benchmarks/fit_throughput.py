@@ -34,7 +34,9 @@ sys.path.insert(0, str(ROOT))
 
 from shortcut_core.recording import ConditionSchedule, HEADER_BYTES_PER_TRAJECTORY, record, trajectory_bytes  # noqa: E402
 from shortcut_core.registry import DEMO_GENERATOR, load_generator, save_generator  # noqa: E402
+from shortcut_core.outputs import check_output_file, write_text  # noqa: E402
 from shortcut_core.sampler import SamplerSettings  # noqa: E402
+from shortcut_core.validation import ArgumentParser, add_debug_flag, positive_int, run_command  # noqa: E402
 
 # prompt tokens of a Lumina-DiMOO row: "<system>Generate an image according to the text prompt.</system><user>"
 # + the user prompt + "</user>" -- about 15 template tokens plus a typical 20-80 token prompt
@@ -87,15 +89,22 @@ def fit_run(data: Path, generator: str, work: Path, name: str, procs: int, threa
             "windows": windows, "wall_seconds": round(time.time() - started, 1)}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--window", type=int, default=10, help="steps per throughput window")
-    parser.add_argument("--images", type=int, default=16, help="images recorded for the throughput dataset")
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=positive_int, default=60)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--window", type=positive_int, default=10, help="steps per throughput window")
+    parser.add_argument("--images", type=positive_int, default=16, help="images recorded for the throughput dataset")
     parser.add_argument("--data-in-memory", default="auto", choices=["auto", "yes", "no"])
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args()
+    parser.add_argument("--json", default=None, help="also write the results to this .json file")
+    parser.add_argument("--force", action="store_true", help="replace an existing --json file")
+    add_debug_flag(parser)
+    return parser
+
+
+def measure(args) -> int:
+    if args.json:
+        check_output_file(args.json, args.force, (".json",), flag="--json")
     results = {"bytes_per_trajectory": {}, "fit": []}
     for name, (steps, sequence, width, tokens, images) in SHAPES.items():
         per = trajectory_bytes(steps, sequence, width, tokens, "fp16")
@@ -130,8 +139,12 @@ def main() -> int:
     for row in results["fit"]:
         print(f"  {row['name']:16s} {row['samples_per_s']:8.1f} samples/s   windows {row['windows']}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        write_text(Path(args.json), json.dumps(results, indent=1))
     return 0
+
+
+def main(argv=None) -> int:
+    return run_command(lambda: measure(build_parser().parse_args(argv)), argv)
 
 
 if __name__ == "__main__":

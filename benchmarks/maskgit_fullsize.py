@@ -25,18 +25,30 @@ from shortcut_core.backends.vqgan import VQConfig, VQModel  # noqa: E402
 from shortcut_core.generator import Condition  # noqa: E402
 from shortcut_core.schedules import full_steps  # noqa: E402
 from shortcut_core.shortcut import ShortcutConfig, ShortcutNetwork  # noqa: E402
+from shortcut_core.validation import (ArgumentParser, add_debug_flag, check_number, non_negative_int,  # noqa: E402
+                                      positive_int, run_command)
 from timing import timed  # noqa: E402
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--new-tokens", type=int, default=64,
-                        help="tokens decoded at the previous step (mean over the shortcut steps of (15, 7) is 64)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument("--warmup", type=non_negative_int, default=2)
+    parser.add_argument("--new-tokens", type=positive_int, default=64,
+                        help="tokens decoded at the previous step (mean over the shortcut steps of (15, 7) is 64; "
+                             "at most the 1024 tokens of the grid)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    add_debug_flag(parser)
+    return parser
+
+
+def main(argv=None) -> int:
+    return run_command(lambda: measure(build_parser().parse_args(argv)), argv)
+
+
+def measure(args) -> int:
+    check_number("--new-tokens", args.new_tokens, 1, 32 * 32, integer=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -27,8 +27,9 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from shortcut_core.backends.meissonic_transformer import MeissonicConfig, MeissonicTransformer  # noqa: E402
-from shortcut_core.generator import NewTokens  # noqa: E402
+from shortcut_core.generator import NewTokens, ShortcutError  # noqa: E402
 from shortcut_core.shortcut import ShortcutConfig, build_shortcut  # noqa: E402
+from shortcut_core.validation import ArgumentParser, add_debug_flag, arg_number, positive_int, run_command  # noqa: E402
 
 REAL = MeissonicConfig(num_layers=14, num_single_layers=28, num_attention_heads=8, attention_head_dim=128,
                        joint_attention_dim=1024, pooled_projection_dim=1024, axes_dims_rope=[16, 56, 56],
@@ -78,13 +79,30 @@ def params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=positive_int, default=1024, help="image side in px, a multiple of 32")
+    parser.add_argument("--steps", type=positive_int, default=64)
+    parser.add_argument("--budget", type=positive_int, default=16, help="base calls of a shortcut run (<= --steps)")
+    parser.add_argument("--rate", type=arg_number(float, 0, low_open=True), default=100.0,
+                        help="assumed effective TFLOP/s in bf16")
+    add_debug_flag(parser)
+    return parser
+
+
+def check_arguments(args) -> None:
+    if args.size % 32:
+        raise ShortcutError(f"--size {args.size} is not allowed: it must be a multiple of 32 (e.g. 512, 1024)")
+    if args.budget > args.steps:
+        raise ShortcutError(f"--budget {args.budget} is not allowed: it must be at most --steps ({args.steps})")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=1024, help="image side in px")
-    parser.add_argument("--steps", type=int, default=64)
-    parser.add_argument("--budget", type=int, default=16, help="base calls of a shortcut run")
-    parser.add_argument("--rate", type=float, default=100.0, help="assumed effective TFLOP/s in bf16")
-    args = parser.parse_args(argv)
+    return run_command(lambda: estimate(build_parser().parse_args(argv)), argv)
+
+
+def estimate(args) -> int:
+    check_arguments(args)
     from diffusers import VQModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 

@@ -51,7 +51,7 @@ class Case:
     """One bad input: ``args`` for a command line (placeholders ``{ws}``, ``{data}``, ... filled from the
     workspace) or ``call`` for an API function; ``names`` must appear in the message."""
 
-    entry: str  # sample, convert, bench, record, fit, search, api
+    entry: str  # sample, convert, bench, record, fit, search, benchmark, api
     args: Union[list, Callable, None]
     names: str
     why: str
@@ -202,6 +202,16 @@ CASES = [
     Case("search", ["--shortcut", "{ws}/weights.safetensors", "--data", "{data}", "--out",
                     "{ws}/nan_shortcut.safetensors"], "nan_shortcut.safetensors", "existing other output without --force"),
     Case("search", ["--shortcut", "demo", "--data", "{data}", "--batch-size", "0"], "'0'", "empty batches"),
+    # --------------------------------------------------------------------------------------------- benchmarks/
+    Case("benchmark", ["fit_throughput", "--steps", "0"], "'0'", "no training steps to time"),
+    Case("benchmark", ["fit_throughput", "--json", "{ws}/weights.safetensors"], "'.safetensors'",
+         "results file that is not .json"),
+    Case("benchmark", ["fit_throughput", "--json", "{ws}/folder"], "folder", "results path is a folder"),
+    Case("benchmark", ["maskgit_fullsize", "--new-tokens", "5000"], "5000", "more new tokens than the 1024 of the grid"),
+    Case("benchmark", ["maskgit_fullsize", "--repeats", "0"], "'0'", "nothing timed"),
+    Case("benchmark", ["meissonic_estimates", "--size", "1000"], "1000", "size not a multiple of 32"),
+    Case("benchmark", ["meissonic_estimates", "--budget", "99"], "99", "budget above the steps"),
+    Case("benchmark", ["meissonic_estimates", "--rate", "nan"], "'nan'", "NaN throughput"),
 ]
 
 
@@ -297,6 +307,16 @@ CASES += [
 
 def _script(name: str):
     spec = importlib.util.spec_from_file_location(f"_train_{name}", ROOT / "train" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _benchmark(name: str):
+    """A script of benchmarks/ loaded as a module (it imports its sibling ``timing``)."""
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(f"_benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -410,6 +430,8 @@ def run_case(case: Case, ws: Workspace) -> tuple[Optional[int], str]:
     argv = ws.fill(BASE_ARGS.get(case.entry, []) + case.args)  # a flag given twice: the case's value wins
     if case.entry in ("sample", "convert", "bench"):
         return cli.main([case.entry, *argv]), ""
+    if case.entry == "benchmark":
+        return _benchmark(argv[0]).main(argv[1:]), ""
     script = {"record": "record_trajectories", "fit": "fit_shortcut", "search": "search_schedule"}[case.entry]
     return ws.scripts[script].main(argv), ""
 
@@ -538,7 +560,7 @@ def render_table() -> str:
              "weights, a recorded dataset) is unchanged.", "",
              "Entry points: `sample`, `convert`, `bench` = `python -m shortcut_core <command>`; `record`, `fit`, "
              "`search` = `train/record_trajectories.py`, `train/fit_shortcut.py`, `train/search_schedule.py`; "
-             "`api` = the Python functions. `{ws}` is a folder holding `previous.png`, `weights.safetensors` (the "
+             "`benchmark` = `python benchmarks/<script>.py` (the script named first); `api` = the Python functions. `{ws}` is a folder holding `previous.png`, `weights.safetensors` (the "
              "demo shortcut), `folder/`, `a_file`, `old.ckpt` and `bench/` with earlier results; `{data}` a dataset "
              "recorded with `--count 4 --batch 2 --steps 3 --seed 1000` (storage fp16, guidance 2.0); `{nan_data}` "
              "its copy with one feature value flipped to NaN on disk; `{readonly}` a folder nobody may write into.",
