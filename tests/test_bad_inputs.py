@@ -51,7 +51,7 @@ class Case:
     """One bad input: ``args`` for a command line (placeholders ``{ws}``, ``{data}``, ... filled from the
     workspace) or ``call`` for an API function; ``names`` must appear in the message."""
 
-    entry: str  # sample, convert, bench, record, fit, search, benchmark, api
+    entry: str  # sample, convert, bench, record, fit, search, train_demo, train_classifier, benchmark, api
     args: Union[list, Callable, None]
     names: str
     why: str
@@ -202,6 +202,16 @@ CASES = [
     Case("search", ["--shortcut", "{ws}/weights.safetensors", "--data", "{data}", "--out",
                     "{ws}/nan_shortcut.safetensors"], "nan_shortcut.safetensors", "existing other output without --force"),
     Case("search", ["--shortcut", "demo", "--data", "{data}", "--batch-size", "0"], "'0'", "empty batches"),
+    # --------------------------------------------------------------------------------------------- demo training
+    Case("train_demo", ["--steps", "0"], "'0'", "no transformer steps"),
+    Case("train_demo", ["--seed", "-1"], "'-1'", "negative seed"),
+    Case("train_demo", ["--out", "{ws}/new.pt"], "'.pt'", "output not safetensors"),
+    Case("train_demo", ["--out", "{ws}/weights.safetensors"], "weights.safetensors", "existing output without --force"),
+    Case("train_classifier", ["--vq", "{ws}/no_vq.safetensors", "--out", "{ws}/new.safetensors"], "no_vq.safetensors",
+         "VQ file missing"),
+    Case("train_classifier", ["--blur-prob", "2"], "'2'", "probability above 1"),
+    Case("train_classifier", ["--out", "{ws}/weights.safetensors"], "weights.safetensors",
+         "existing output without --force"),
     # --------------------------------------------------------------------------------------------- benchmarks/
     Case("benchmark", ["fit_throughput", "--steps", "0"], "'0'", "no training steps to time"),
     Case("benchmark", ["fit_throughput", "--json", "{ws}/weights.safetensors"], "'.safetensors'",
@@ -305,21 +315,24 @@ CASES += [
 
 # ------------------------------------------------------------------------------------------------ the workspace
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_train_{name}", ROOT / "train" / f"{name}.py")
+def _module(path: Path):
+    """A script loaded as a module (registered, so its dataclasses resolve; its folder on the path, so its
+    sibling imports do)."""
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(f"_{path.parent.name}_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _script(name: str):
+    return _module(ROOT / "train" / f"{name}.py")
 
 
 def _benchmark(name: str):
-    """A script of benchmarks/ loaded as a module (it imports its sibling ``timing``)."""
-    if str(ROOT / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(f"_benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _module(ROOT / "benchmarks" / f"{name}.py")
 
 
 def read_only_folder(base: Path) -> Path:
@@ -380,7 +393,8 @@ def ws(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("bad_inputs")
     torch.set_num_threads(1)
-    scripts = {name: _script(name) for name in ("record_trajectories", "fit_shortcut", "search_schedule")}
+    scripts = {name: _script(name) for name in ("record_trajectories", "fit_shortcut", "search_schedule",
+                                                 "train_demo", "train_classifier")}
     demo = load_generator("demo", device="cpu")
     Image.new("RGB", (8, 8), (200, 30, 30)).save(root / "previous.png")
     shutil.copy(DEMO_SHORTCUT, root / "weights.safetensors")
@@ -432,7 +446,8 @@ def run_case(case: Case, ws: Workspace) -> tuple[Optional[int], str]:
         return cli.main([case.entry, *argv]), ""
     if case.entry == "benchmark":
         return _benchmark(argv[0]).main(argv[1:]), ""
-    script = {"record": "record_trajectories", "fit": "fit_shortcut", "search": "search_schedule"}[case.entry]
+    script = {"record": "record_trajectories", "fit": "fit_shortcut", "search": "search_schedule"}.get(case.entry,
+                                                                                                       case.entry)
     return ws.scripts[script].main(argv), ""
 
 
@@ -559,7 +574,7 @@ def render_table() -> str:
              "printed (`--debug` or `SHORTCUT_DEBUG=1` shows it), and every file present before (a previous image, "
              "weights, a recorded dataset) is unchanged.", "",
              "Entry points: `sample`, `convert`, `bench` = `python -m shortcut_core <command>`; `record`, `fit`, "
-             "`search` = `train/record_trajectories.py`, `train/fit_shortcut.py`, `train/search_schedule.py`; "
+             "`search` = `train/record_trajectories.py`, `train/fit_shortcut.py`, `train/search_schedule.py`; `train_demo`, `train_classifier` = the demo's `train/` scripts; "
              "`benchmark` = `python benchmarks/<script>.py` (the script named first); `api` = the Python functions. `{ws}` is a folder holding `previous.png`, `weights.safetensors` (the "
              "demo shortcut), `folder/`, `a_file`, `old.ckpt` and `bench/` with earlier results; `{data}` a dataset "
              "recorded with `--count 4 --batch 2 --steps 3 --seed 1000` (storage fp16, guidance 2.0); `{nan_data}` "

@@ -35,6 +35,10 @@ from shortcut_core.metrics import (CLASSIFIER_FORMAT, DemoClassifier, DemoClassi
                                    frechet_distance)
 from shortcut_core.registry import load_generator  # noqa: E402
 from shortcut_core.files import load_tensors, read_metadata, save_safetensors  # noqa: E402
+from shortcut_core.generator import ShortcutError  # noqa: E402
+from shortcut_core.outputs import check_output_file  # noqa: E402
+from shortcut_core.validation import (ArgumentParser, add_debug_flag, arg_number, arg_seed, positive_int,  # noqa: E402
+                                      run_command)
 
 log = logging.getLogger("train_classifier")
 
@@ -107,31 +111,49 @@ def accuracy(classifier: DemoClassifier, images: torch.Tensor, labels: np.ndarra
     return float((predictions == labels).mean()), per_class
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="shortcut_core/assets/demo_classifier.safetensors")
-    parser.add_argument("--seed", type=int, default=0, help="weight init, batch order and augmentation")
-    parser.add_argument("--train-images", type=int, default=20000)
-    parser.add_argument("--train-seed", type=int, default=101, help="render seed of the training images")
-    parser.add_argument("--val-images", type=int, default=2000)
-    parser.add_argument("--val-seed", type=int, default=102, help="render seed of the held-out images")
-    parser.add_argument("--reference-images", type=int, default=10000)
-    parser.add_argument("--reference-seed", type=int, default=103, help="render seed of the reference images")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out")
+    parser.add_argument("--seed", type=arg_seed, default=0, help="weight init, batch order and augmentation")
+    parser.add_argument("--train-images", type=positive_int, default=20000)
+    parser.add_argument("--train-seed", type=arg_seed, default=101, help="render seed of the training images")
+    parser.add_argument("--val-images", type=positive_int, default=2000)
+    parser.add_argument("--val-seed", type=arg_seed, default=102, help="render seed of the held-out images")
+    parser.add_argument("--reference-images", type=positive_int, default=10000)
+    parser.add_argument("--reference-seed", type=arg_seed, default=103, help="render seed of the reference images")
     parser.add_argument("--vq", type=Path, default=None,
                         help="the demo VQ with its encoder (train_demo.py writes WORK/vq.safetensors); adds VQ "
                              "reconstructions to training and to the held-out checks")
-    parser.add_argument("--vq-train-images", type=int, default=2000, help="training images also given as VQ "
+    parser.add_argument("--vq-train-images", type=positive_int, default=2000, help="training images also given as VQ "
                                                                           "reconstructions")
-    parser.add_argument("--vq-val-images", type=int, default=1000, help="held-out images checked as VQ "
+    parser.add_argument("--vq-val-images", type=positive_int, default=1000, help="held-out images checked as VQ "
                                                                         "reconstructions")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--weight-decay", type=float, default=5e-4)
-    parser.add_argument("--blur-prob", type=float, default=0.4)
-    parser.add_argument("--noise-prob", type=float, default=0.4)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 = reproducible bit for bit)")
-    args = parser.parse_args()
+    parser.add_argument("--epochs", type=positive_int, default=3)
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--lr", type=arg_number(float, 0, low_open=True), default=2e-3)
+    parser.add_argument("--weight-decay", type=arg_number(float, 0), default=5e-4)
+    parser.add_argument("--blur-prob", type=arg_number(float, 0, 1), default=0.4)
+    parser.add_argument("--noise-prob", type=arg_number(float, 0, 1), default=0.4)
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (1 = reproducible bit for bit)")
+    add_debug_flag(parser)
+    return parser
+
+
+def main(argv=None) -> int:
+    return run_command(lambda: train(build_parser().parse_args(argv)), argv)
+
+
+def check_arguments(args) -> None:
+    """Before anything is rendered: the output can be written and the VQ file exists."""
+    check_output_file(args.out, args.force, (".safetensors",))
+    if args.vq is not None and not Path(args.vq).is_file():
+        raise ShortcutError(f"--vq {args.vq} does not exist; give the VQ file train_demo.py keeps in its --work "
+                            "folder (vq.safetensors)")
+
+
+def train(args) -> int:
+    check_arguments(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     started = time.time()
@@ -244,7 +266,8 @@ def main() -> None:
     save_safetensors(Path(args.out), classifier_tensors(classifier, reference), metadata)
     log.info("wrote %s in %.0f s: %s", args.out, time.time() - started,
              {k: training[k] for k in ("val_accuracy", "fit_seconds")})
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

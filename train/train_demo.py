@@ -29,6 +29,9 @@ from shortcut_core.backends.maskgit import MaskGITConfig, MaskGITGenerator, Mask
 from shortcut_core.backends.vqgan import VQConfig, VQModel  # noqa: E402
 from shortcut_core.registry import save_generator  # noqa: E402
 from shortcut_core.files import atomic_write, load_tensors, save_safetensors  # noqa: E402
+from shortcut_core.outputs import check_output_file, check_writable_folder, write_text  # noqa: E402
+from shortcut_core.validation import (ArgumentParser, add_debug_flag, arg_device, arg_seed, positive_int,  # noqa: E402
+                                      run_command)
 
 log = logging.getLogger("train_demo")
 
@@ -189,18 +192,29 @@ def stage_transformer(work: Path, codes: np.ndarray, labels: np.ndarray, steps: 
     return model
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="runs/demo", help="folder for cached stages and checkpoints")
     parser.add_argument("--out", default="shortcut_core/assets/demo_generator.safetensors")
-    parser.add_argument("--images", type=int, default=12000)
-    parser.add_argument("--vq-steps", type=int, default=700)
-    parser.add_argument("--vq-batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=2000, help="transformer training steps")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+    parser.add_argument("--force", action="store_true", help="replace an existing --out")
+    parser.add_argument("--images", type=positive_int, default=12000)
+    parser.add_argument("--vq-steps", type=positive_int, default=700)
+    parser.add_argument("--vq-batch", type=positive_int, default=32)
+    parser.add_argument("--steps", type=positive_int, default=2000, help="transformer training steps")
+    parser.add_argument("--batch", type=positive_int, default=64)
+    parser.add_argument("--seed", type=arg_seed, default=0)
+    parser.add_argument("--device", type=arg_device, default="cuda" if torch.cuda.is_available() else "cpu")
+    add_debug_flag(parser)
+    return parser
+
+
+def main(argv=None) -> int:
+    return run_command(lambda: train(build_parser().parse_args(argv)), argv)
+
+
+def train(args) -> int:
+    check_output_file(args.out, args.force, (".safetensors",))
+    check_writable_folder(Path(args.work), "--work")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     device = torch.device(args.device)
     work = Path(args.work)
@@ -219,9 +233,10 @@ def main() -> None:
     save_generator(Path(args.out), generator)
     summary = {"seconds": round(time.time() - started, 1), "images": args.images, "vq_steps": args.vq_steps,
                "transformer_steps": args.steps, "out": args.out}
-    (work / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_text(work / "summary.json", json.dumps(summary, indent=1))
     log.info("wrote %s (%s)", args.out, summary)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
